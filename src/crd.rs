@@ -1,0 +1,1 @@
+//! The `RvfMicroVm` custom resource: spec, status and the generated CRD.
