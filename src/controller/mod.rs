@@ -8,3 +8,5 @@ pub struct ControllerArgs {}
 pub async fn run(_args: ControllerArgs) -> anyhow::Result<()> {
     anyhow::bail!("the controller is not built yet")
 }
+pub mod leader;
+pub mod metrics_server;
