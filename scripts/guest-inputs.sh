@@ -78,6 +78,17 @@ find_kernel() {
 	return 1
 }
 
+find_deb() {
+	local d
+	for d in "$DIR"/debs/"$1"_*.deb; do
+		[ -f "$d" ] && {
+			echo "$d"
+			return 0
+		}
+	done
+	return 1
+}
+
 if ! KERNEL="$(find_kernel)"; then
 	deb="${KERNEL_DEB:-}"
 	if [ -z "$deb" ]; then
@@ -92,7 +103,7 @@ if ! KERNEL="$(find_kernel)"; then
 		fi
 		[ -n "$pkg" ] || die "cannot resolve $META_PKG to a linux-image-VERSION package"
 		mkdir -p "$DIR/debs"
-		deb="$(ls "$DIR"/debs/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)"
+		deb="$(find_deb "$pkg" || true)"
 		if [ -z "$deb" ]; then
 			log "downloading $pkg"
 			# apt-get download writes into the current directory; as root its
@@ -100,7 +111,7 @@ if ! KERNEL="$(find_kernel)"; then
 			sandbox=()
 			[ "$(id -u)" -eq 0 ] && sandbox=(-o APT::Sandbox::User=root)
 			(cd "$DIR/debs" && apt-get download -qq "${sandbox[@]}" "$pkg")
-			deb="$(ls "$DIR"/debs/"${pkg}"_*.deb | head -n1)"
+			deb="$(find_deb "$pkg")" || die "apt-get download left no ${pkg}_*.deb"
 		fi
 	fi
 	[ -f "$deb" ] || die "kernel package $deb not found"

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -116,20 +117,32 @@ fn qemu_escape(p: &Path) -> String {
 
 /// The end of a byte stream, kept for messages about why QEMU or the guest stopped.
 #[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<u8>>>);
+pub struct Tail(Arc<Mutex<TailInner>>);
+
+#[derive(Debug, Default)]
+struct TailInner {
+    bytes: VecDeque<u8>,
+    last_write: Option<Instant>,
+}
 
 impl Tail {
     fn push(&self, bytes: &[u8]) {
         let mut t = self.0.lock().expect("tail lock");
-        t.extend(bytes);
-        let excess = t.len().saturating_sub(TAIL_BYTES);
-        t.drain(..excess);
+        t.bytes.extend(bytes);
+        let excess = t.bytes.len().saturating_sub(TAIL_BYTES);
+        t.bytes.drain(..excess);
+        t.last_write = Some(Instant::now());
     }
 
     /// The kept bytes as lossy text.
     pub fn text(&self) -> String {
         let t = self.0.lock().expect("tail lock");
-        String::from_utf8_lossy(&t.iter().copied().collect::<Vec<_>>()).into_owned()
+        String::from_utf8_lossy(&t.bytes.iter().copied().collect::<Vec<_>>()).into_owned()
+    }
+
+    /// When the stream last carried anything.
+    pub fn last_write(&self) -> Option<Instant> {
+        self.0.lock().expect("tail lock").last_write
     }
 
     /// The last `n` non-empty lines, joined with " | ", for one-line messages.
@@ -159,7 +172,6 @@ pub struct QemuProcess {
     pub console: Tail,
     /// QEMU's own diagnostics.
     pub stderr: Tail,
-    console_seen: tokio::sync::watch::Receiver<bool>,
 }
 
 /// QEMU could not be started at all.
@@ -188,28 +200,20 @@ impl QemuProcess {
             })?;
         let console = Tail::default();
         let stderr = Tail::default();
-        let (seen_tx, console_seen) = tokio::sync::watch::channel(false);
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
-        tokio::spawn(drain(out, console.clone(), sink, Some(seen_tx)));
-        tokio::spawn(drain(err, stderr.clone(), ConsoleSink::Stderr, None));
+        tokio::spawn(drain(out, console.clone(), sink));
+        tokio::spawn(drain(err, stderr.clone(), ConsoleSink::Stderr));
         Ok(Self {
             child,
             console,
             stderr,
-            console_seen,
         })
     }
 
     /// The OS process id, while QEMU runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
-    }
-
-    /// Resolves once the guest has written anything to its console.
-    pub async fn first_console_output(&self) {
-        let mut rx = self.console_seen.clone();
-        let _ = rx.wait_for(|seen| *seen).await;
     }
 
     /// Waits for QEMU to exit.
@@ -230,12 +234,7 @@ impl QemuProcess {
 }
 
 /// Copies `from` to the sink until EOF; never stops reading, even if the sink fails.
-async fn drain(
-    mut from: impl AsyncRead + Unpin,
-    tail: Tail,
-    sink: ConsoleSink,
-    seen: Option<tokio::sync::watch::Sender<bool>>,
-) {
+async fn drain(mut from: impl AsyncRead + Unpin, tail: Tail, sink: ConsoleSink) {
     let mut out: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match sink {
         ConsoleSink::Stdout => Some(Box::new(tokio::io::stdout())),
         ConsoleSink::Stderr => Some(Box::new(tokio::io::stderr())),
@@ -248,9 +247,6 @@ async fn drain(
             Ok(n) => n,
         };
         tail.push(&buf[..n]);
-        if let Some(tx) = &seen {
-            tx.send_if_modified(|s| !std::mem::replace(s, true));
-        }
         if let Some(w) = out.as_mut() {
             // A closed stdout must not stall the guest: drop the sink, keep draining.
             if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {

@@ -62,8 +62,9 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub kvm: KvmMode,
     pub kvm_device: PathBuf,
-    /// Under `Auto`, a KVM boot with no console output for this long falls back to TCG.
-    pub kvm_sign_of_life: Duration,
+    /// Under `Auto`, a KVM boot whose console stays silent this long before the guest
+    /// is ready falls back to TCG (nested KVM can stall a stock kernel for minutes).
+    pub kvm_stall: Duration,
     pub api_port: u16,
     pub api_bind: IpAddr,
     pub api_host_port: u16,
@@ -252,6 +253,20 @@ pub async fn run(cfg: VmConfig, board: StatusBoard, stop: watch::Receiver<bool>)
     board.update(|s| {
         s.phase = exit.phase();
         s.qemu_alive = false;
+        // QEMU is gone, so QMP cannot be asked; its last state follows from the exit.
+        if s.qmp.is_some() {
+            let panicked = exit.message().contains("panicked");
+            s.qmp = Some(QmpState {
+                status: if panicked {
+                    "guest-panicked"
+                } else {
+                    "shutdown"
+                }
+                .into(),
+                running: false,
+                updated_at: Timestamp::now(),
+            });
+        }
         s.exit = Some(ExitInfo {
             code: exit.code(),
             reason: exit.reason().into(),
@@ -403,9 +418,13 @@ async fn attempt(
         cfg.readiness.timeout,
     );
     let mut probe_tick = tokio::time::interval(BOOT_PROBE_INTERVAL);
+    // A probe can take its whole timeout; skipped ticks must not fire in a burst after.
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut qmp_tick = tokio::time::interval(QMP_REFRESH);
     let startup_deadline = tokio::time::Instant::now() + cfg.readiness.startup_timeout;
-    let sign_of_life_deadline = tokio::time::Instant::now() + cfg.kvm_sign_of_life;
+    let watch_stall =
+        accel == Accelerator::Kvm && accel::may_fall_back(cfg.kvm, cfg.kernel.facts.requires_kvm());
+    let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
     let mut obs = Observed::default();
     let mut last_probe_error = String::from("no probe yet");
 
@@ -468,6 +487,7 @@ async fn attempt(
                             s.set_condition(condition::READY, ConditionStatus::True, "GuestAnswered", &msg);
                         });
                         probe_tick = tokio::time::interval(cfg.readiness.period);
+                        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         probe_tick.tick().await;
                         if cfg.until_ready {
                             break Ok(());
@@ -506,15 +526,20 @@ async fn attempt(
                     hang: true,
                 });
             }
-            _ = tokio::time::sleep_until(sign_of_life_deadline),
-                if accel == Accelerator::Kvm && !obs.ready && qemu.console.text().is_empty() => {
-                let _ = qemu.kill().await;
-                break Err(Attempt::BootFailed {
-                    reason: format!("no console output within {}s", cfg.kvm_sign_of_life.as_secs()),
-                    hang: true,
-                });
+            _ = stall_tick.tick(), if watch_stall && !obs.ready => {
+                let silent = qemu.console.last_write().map_or(started, |t| t.max(started)).elapsed();
+                if silent >= cfg.kvm_stall {
+                    let _ = qemu.kill().await;
+                    break Err(Attempt::BootFailed {
+                        reason: format!(
+                            "the guest console was silent for {}s before the guest was ready (last: {})",
+                            cfg.kvm_stall.as_secs(), qemu.console.last_lines(1)
+                        ),
+                        hang: true,
+                    });
+                }
             }
-            _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = stop_requested(&mut stop) => break Ok(()),
         }
     };
     if let Err(end) = end {
@@ -567,6 +592,13 @@ async fn shutdown(
     tracing::error!("QEMU did not quit; killing it");
     let _ = qemu.kill().await;
     StopHow::Killed
+}
+
+/// Resolves once a stop was asked for; never, if the sender went away without asking.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn note_event(ev: &QmpEvent, obs: &mut Observed) {

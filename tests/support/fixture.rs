@@ -21,6 +21,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use rvf_runtime::{RvfOptions, RvfStore};
@@ -137,9 +138,9 @@ impl GuestInputs {
             }
         }
         let get = |key: &str| -> io::Result<PathBuf> {
-            let v = vars.get(key).ok_or_else(|| {
-                invalid(format!("{}: no {key}= line", path.display()))
-            })?;
+            let v = vars
+                .get(key)
+                .ok_or_else(|| invalid(format!("{}: no {key}= line", path.display())))?;
             let p = PathBuf::from(v);
             if !p.exists() {
                 return Err(io::Error::new(
@@ -197,9 +198,16 @@ fn cached_from(
         return Ok(fixture);
     }
     fs::create_dir_all(root)?;
-    // Test binaries run in parallel: build privately, then publish with one
-    // rename; whoever loses the race uses the winner's copy.
-    let tmp = root.join(format!("{}.tmp-{}", &key[..16], std::process::id()));
+    // Test binaries and the tests in one binary run in parallel: build
+    // privately, then publish with one rename; whoever loses the race uses
+    // the winner's copy.
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let tmp = root.join(format!(
+        "{}.tmp-{}-{}",
+        &key[..16],
+        std::process::id(),
+        BUILDS.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = fs::remove_dir_all(&tmp);
     let built = build_with_cmdline(&tmp, inputs, layout, cmdline);
     if let Err(e) = built {
@@ -237,10 +245,20 @@ fn input_hash(inputs: &GuestInputs, layout: Layout, cmdline: &str) -> io::Result
         part(s.as_bytes());
     }
     part(vectors_table().as_bytes());
-    part(&fs::read(&inputs.kernel)?);
-    part(&fs::read(&inputs.busybox)?);
-    for path in module_paths(&inputs.modules)? {
-        part(&fs::read(path)?);
+    // The binaries are keyed by path, size and mtime, as make would: hashing
+    // 18 MB in an unoptimised test build costs half a second per test binary,
+    // and the inputs script replaces files rather than editing them.
+    let mut files = vec![inputs.kernel.clone(), inputs.busybox.clone()];
+    files.extend(module_paths(&inputs.modules)?);
+    for path in files {
+        let meta = fs::metadata(&path)?;
+        let mtime = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        part(path.as_os_str().as_encoded_bytes());
+        part(&meta.len().to_le_bytes());
+        part(&mtime.as_nanos().to_le_bytes());
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -366,7 +384,10 @@ fn module_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
                 .iter()
                 .any(|ext| found.contains_key(&format!("{m}{ext}")));
             Err(invalid(if compressed {
-                format!("module {m} is compressed under {}; busybox insmod needs a plain .ko", dir.display())
+                format!(
+                    "module {m} is compressed under {}; busybox insmod needs a plain .ko",
+                    dir.display()
+                )
             } else {
                 format!("module {m}.ko not found under {}", dir.display())
             }))
@@ -379,7 +400,16 @@ fn module_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
 fn build_initramfs(out_dir: &Path, inputs: &GuestInputs) -> io::Result<Vec<u8>> {
     let stage = out_dir.join("initramfs.d");
     let _ = fs::remove_dir_all(&stage);
-    for d in ["bin", "dev", "proc", "sys", "run", "tmp", "etc/rvf", "lib/modules"] {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc/rvf",
+        "lib/modules",
+    ] {
         fs::create_dir_all(stage.join(d))?;
     }
     let put = |rel: &str, bytes: &[u8], mode: u32| -> io::Result<()> {
@@ -400,7 +430,16 @@ fn build_initramfs(out_dir: &Path, inputs: &GuestInputs) -> io::Result<Vec<u8>> 
     let mut list = Vec::new();
     list_tree(&stage, Path::new(""), &mut list)?;
     let mut child = Command::new(&inputs.busybox)
-        .args(["cpio", "-o", "-H", "newc", "-R", "0:0", "--renumber-inodes", "--ignore-devno"])
+        .args([
+            "cpio",
+            "-o",
+            "-H",
+            "newc",
+            "-R",
+            "0:0",
+            "--renumber-inodes",
+            "--ignore-devno",
+        ])
         .current_dir(&stage)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
