@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: installs QEMU and the guest's parts, writes a real
+# RVF file (Debian's cloud kernel + a busybox initramfs, embedded with rvf-runtime),
+# and boots it as a microVM with `rvf-operator run` until the guest answers HTTP.
+# Extra arguments go to `rvf-operator run` (e.g. `scripts/demo.sh --output json`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/guest-inputs.sh >/dev/null
+cargo build --release --quiet --bin rvf-operator --example make_fixture
+target/release/examples/make_fixture target/demo >/dev/null
+echo "booting target/demo/hello.rvf ..." >&2
+exec target/release/rvf-operator run --rvf target/demo/hello.rvf --until-ready "$@"
