@@ -42,7 +42,10 @@ pub enum KernelError {
     Missing(PathBuf),
     #[error("{path} is not a readable RVF file: {reason}")]
     NotRvf { path: PathBuf, reason: String },
-    #[error("RVF file {0} has no KERNEL_SEG: it carries no kernel to boot")]
+    #[error(
+        "RVF file {0} has no KERNEL_SEG: it carries no kernel to boot (or the file is truncated \
+         and its last complete manifest predates the kernel)"
+    )]
     NoKernelSegment(PathBuf),
     #[error("kernel segment of {path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -157,7 +160,14 @@ impl KernelSegment {
         }
         let store = RvfStore::open_readonly(path).map_err(|e| KernelError::NotRvf {
             path: path.to_path_buf(),
-            reason: format!("{e:?}"),
+            reason: match e {
+                rvf_types::RvfError::Code(rvf_types::ErrorCode::ManifestNotFound) => {
+                    "no RVF manifest found (not an RVF file, or truncated before its first \
+                     manifest)"
+                        .into()
+                }
+                other => format!("{other:?}"),
+            },
         })?;
         let (header, rest) = store
             .extract_kernel()

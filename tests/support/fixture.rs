@@ -290,17 +290,9 @@ pub fn build_with_cmdline(
     Ok(fixture)
 }
 
-/// `kernel || initramfs || trailer` (see the module docs for the trailer).
+/// `kernel || initramfs || trailer`, in the format the runtime's extractor reads.
 pub fn append_initramfs_trailer(kernel: &[u8], initramfs: &[u8]) -> Vec<u8> {
-    let mut image = Vec::with_capacity(kernel.len() + initramfs.len() + INITRAMFS_TRAILER_LEN);
-    image.extend_from_slice(kernel);
-    image.extend_from_slice(initramfs);
-    image.extend_from_slice(&INITRAMFS_TRAILER_MAGIC);
-    image.extend_from_slice(&INITRAMFS_TRAILER_VERSION.to_le_bytes());
-    image.extend_from_slice(&0u32.to_le_bytes());
-    image.extend_from_slice(&(kernel.len() as u64).to_le_bytes());
-    image.extend_from_slice(&(initramfs.len() as u64).to_le_bytes());
-    image
+    rvf_operator::runtime::kernel::InitramfsTrailer::encode(kernel, initramfs)
 }
 
 fn write_rvf(path: &Path, image: &[u8], layout: Layout, cmdline: &str) -> io::Result<()> {
