@@ -267,16 +267,28 @@ fn extract(args: ExtractArgs) -> ExitCode {
     }
 }
 
-fn vm_config(
-    vm: VmArgs,
-    kernel: ExtractedKernel,
-    rvf: Option<PathBuf>,
+/// Where and how a VM runs: what differs between `agent` (in a pod) and `run` (local).
+struct Site {
     api_bind: IpAddr,
     api_host_port: Option<u16>,
     state_dir: PathBuf,
     console: ConsoleSink,
     until_ready: bool,
+}
+
+fn vm_config(
+    vm: VmArgs,
+    kernel: ExtractedKernel,
+    rvf: Option<PathBuf>,
+    site: Site,
 ) -> std::io::Result<VmConfig> {
+    let Site {
+        api_bind,
+        api_host_port,
+        state_dir,
+        console,
+        until_ready,
+    } = site;
     let api_port = vm.api_port.unwrap_or(match kernel.facts.api_port {
         0 => 8080,
         p => p,
@@ -353,16 +365,14 @@ async fn agent(args: AgentArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot create a state directory: {e}"), Some(&log)),
     };
-    let cfg = match vm_config(
-        args.vm,
-        kernel,
-        args.rvf,
-        args.api_bind,
-        args.api_host_port,
+    let site = Site {
+        api_bind: args.api_bind,
+        api_host_port: args.api_host_port,
         state_dir,
-        ConsoleSink::Stdout,
-        false,
-    ) {
+        console: ConsoleSink::Stdout,
+        until_ready: false,
+    };
+    let cfg = match vm_config(args.vm, kernel, args.rvf, site) {
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot pick a port: {e}"), Some(&log)),
     };
@@ -447,16 +457,14 @@ async fn run(args: RunArgs) -> ExitCode {
         Output::Text => ConsoleSink::Stdout,
         Output::Json => ConsoleSink::Stderr,
     };
-    let cfg = match vm_config(
-        args.vm,
-        kernel,
-        Some(args.rvf.clone()),
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        args.api_host_port,
-        work.path().to_path_buf(),
+    let site = Site {
+        api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        api_host_port: args.api_host_port,
+        state_dir: work.path().to_path_buf(),
         console,
         until_ready,
-    ) {
+    };
+    let cfg = match vm_config(args.vm, kernel, Some(args.rvf.clone()), site) {
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot pick a free port: {e}"), None),
     };
