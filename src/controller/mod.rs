@@ -159,12 +159,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stop_signalled(
-    mut rx: tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+/// Resolves once `rx` says stop; the controller's and the servers' shutdown trigger.
+async fn stop_signalled(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

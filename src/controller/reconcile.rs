@@ -378,7 +378,7 @@ async fn cleanup(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileErro
         info!("the VM pod is gone; releasing the RvfMicroVm");
         return Ok(Action::await_change());
     };
-    let observed = PodObservation::from_pod(&pod);
+    let mut observed = PodObservation::from_pod(&pod);
     let finished = matches!(observed.phase.as_str(), "Succeeded" | "Failed")
         || matches!(observed.vm, ContainerPhase::Terminated { .. });
     if finished {
@@ -390,6 +390,7 @@ async fn cleanup(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileErro
         None => {
             info!(pod = %name, "powering the VM down before the RvfMicroVm goes");
             delete_pod(&pods, &namespace, &name).await?;
+            observed.deleting = true;
         }
         Some(since) => {
             let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
