@@ -145,6 +145,13 @@ fn kvm_required_runs_privileged_with_host_dev_kvm_as_a_char_device() {
 }
 
 #[test]
+fn the_vm_container_runs_as_root_so_qemu_can_open_a_root_kvm_group_dev_kvm() {
+    let pod = build(&pvc_vm(), &VmPodConfig::default());
+    let ctx = vm_container(&pod).security_context.as_ref().unwrap();
+    assert_eq!(ctx.run_as_user, Some(0));
+}
+
+#[test]
 fn kvm_auto_mounts_no_host_device_so_nodes_without_kvm_still_run_tcg() {
     let pod = build(&pvc_vm(), &VmPodConfig::default());
     let volumes = pod.spec.as_ref().unwrap().volumes.clone().unwrap();

@@ -133,12 +133,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     ctx.running_requeue = Duration::from_secs(args.running_requeue_seconds);
     let ctx = Arc::new(ctx);
 
+    // A standby is ready too: a rolling update needs the new replica Ready before the
+    // old one, which holds the Lease, is removed.
+    health.set_ready(true);
     let mut leadership = tokio::select! {
         l = leader::Leadership::acquire(client, &args.leader) => l?,
         _ = stopped() => return Ok(()),
     };
     metrics.set_leader(true);
-    health.set_ready(true);
     info!(
         namespace = args.watch_namespace.as_deref().unwrap_or("*"),
         "reconciling RvfMicroVm resources"
@@ -149,13 +151,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     metrics.set_leader(false);
     health.set_ready(false);
-    if !lost {
-        leadership.release().await?;
-    }
-    let _ = server_task.await;
     if lost {
+        // The health server stops only on a signal; a replica that lost the Lease exits now.
+        server_task.abort();
         anyhow::bail!("lost leadership of the Lease; exiting so a fresh replica can campaign");
     }
+    leadership.release().await?;
+    let _ = server_task.await;
     Ok(())
 }
 

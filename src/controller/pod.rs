@@ -255,6 +255,9 @@ impl<'a> VmPodBuilder<'a> {
         });
         vm.security_context = Some(SecurityContext {
             privileged: Some(self.config.privileged),
+            // The image runs as an unprivileged user; /dev/kvm is root:kvm 0660 on most
+            // hosts, so QEMU needs root to open it (the container is privileged anyway).
+            run_as_user: Some(0),
             ..Default::default()
         });
 
