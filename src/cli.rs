@@ -33,6 +33,8 @@ enum Command {
     Controller(rvf_operator::controller::ControllerArgs),
     /// Print the RvfMicroVm CustomResourceDefinition as YAML (what crds/rvfmicrovm.yaml holds).
     Crd,
+    /// Download an RVF file over HTTP(S) and verify its SHA-256 (the `fetch` init container).
+    Fetch(FetchArgs),
     /// Extract the kernel, initramfs and command line of an RVF file into a directory.
     Extract(ExtractArgs),
     /// Run an extracted kernel as a VM and serve its status (the VM pod's container).
@@ -41,6 +43,25 @@ enum Command {
     Run(RunArgs),
     /// Send a vector query to a running guest's API.
     Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    /// http:// or https:// URL of the RVF file.
+    #[arg(long)]
+    url: String,
+    /// Expected SHA-256 of the file, 64 hex digits.
+    #[arg(long)]
+    sha256: String,
+    /// Where to write the file; it appears only once its digest matched.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds to wait for a connection, or for more bytes once connected.
+    #[arg(long, default_value_t = 60)]
+    timeout_seconds: u64,
+    /// Where a failure message goes for Kubernetes (written only if the file exists).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +241,7 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}"), None),
         },
+        Command::Fetch(args) => rt.block_on(fetch(args)),
         Command::Extract(args) => extract(args),
         Command::Agent(args) => rt.block_on(agent(args)),
         Command::Run(args) => rt.block_on(run(args)),
@@ -247,6 +269,17 @@ fn fail(msg: &str, termination_log: Option<&Path>) -> ExitCode {
 fn write_termination_log(path: Option<&Path>, msg: &str) {
     if let Some(p) = path.filter(|p| p.exists()) {
         let _ = std::fs::write(p, msg);
+    }
+}
+
+async fn fetch(args: FetchArgs) -> ExitCode {
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    match rvf_operator::runtime::fetch::fetch(&args.url, &args.sha256, &args.out, timeout).await {
+        Ok(bytes) => {
+            tracing::info!(url = %args.url, out = %args.out.display(), bytes, "download verified");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), Some(&args.termination_log)),
     }
 }
 

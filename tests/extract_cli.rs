@@ -193,3 +193,64 @@ fn a_kernel_for_another_architecture_is_refused() {
         "{err}"
     );
 }
+
+/// Serves `body` at `/vm.rvf` on loopback from a background runtime; returns the URL.
+fn serve_file(body: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/vm.rvf", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new()
+                .route("/vm.rvf", axum::routing::get(move || async move { body }));
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    url
+}
+
+#[test]
+fn fetch_then_extract_works_like_the_http_source_init_containers() {
+    let fx = fixture::hello();
+    let bytes = fs::read(&fx.rvf).unwrap();
+    let sha = rvf_operator::runtime::kernel::sha256_hex(&bytes);
+    let url = serve_file(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let rvf = dir.path().join("source/vm.rvf");
+    let out = Command::new(BIN)
+        .args(["fetch", "--url", &url, "--sha256", &sha, "--out"])
+        .arg(&rvf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = extract(&rvf, &dir.path().join("kernel"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(dir.path().join("kernel/kernel")).unwrap(),
+        fs::read(&fx.kernel).unwrap()
+    );
+}
+
+#[test]
+fn fetch_with_a_wrong_checksum_fails_and_says_so_in_the_termination_log() {
+    let url = serve_file(b"tampered".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    fs::write(&log, "").unwrap();
+    let out = Command::new(BIN)
+        .args(["fetch", "--url", &url, "--sha256", &"0".repeat(64), "--out"])
+        .arg(dir.path().join("vm.rvf"))
+        .arg("--termination-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = fs::read_to_string(&log).unwrap();
+    assert!(
+        msg.starts_with("sha256 mismatch for http://127.0.0.1"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("vm.rvf").exists());
+}

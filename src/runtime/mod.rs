@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod agent_http;
+pub mod fetch;
 pub mod kernel;
 pub mod probe;
 pub mod qemu;
