@@ -366,9 +366,9 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-/// A watch that turns true on the first SIGTERM or SIGINT.
-fn stop_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+/// Counts SIGTERM and SIGINT: the first stops the VM gracefully, a second hurries it.
+fn stop_on_signals() -> vm::StopSignal {
+    let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -378,12 +378,14 @@ fn stop_on_signals() -> watch::Receiver<bool> {
             tracing::error!("cannot install signal handlers; the VM can only be killed");
             return;
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "stop requested");
-        let _ = tx.send(true);
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "stop requested");
+            tx.send_modify(|n| *n += 1);
+        }
     });
     rx
 }

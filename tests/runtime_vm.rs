@@ -488,3 +488,46 @@ fn kvm_auto_reaches_ready_under_kvm_or_falls_back_to_tcg_and_says_so() {
         other => panic!("accelerator {other}"),
     }
 }
+
+#[test]
+fn a_second_sigterm_cuts_the_grace_period_short() {
+    let _vm = vm_lock();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--rvf")
+        .arg(rvf())
+        .args([
+            "--output",
+            "json",
+            "--kvm",
+            "disabled",
+            "--grace-seconds",
+            "120",
+        ])
+        .args(["--kernel-args", "rvf.ignore_powerdown=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let line = lines.next().expect("status line").unwrap();
+        if is_ready(&serde_json::from_str(&line).unwrap()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+    }
+    let t = Instant::now();
+    sigterm(&child);
+    std::thread::sleep(Duration::from_secs(2));
+    sigterm(&child);
+    let st = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "waited out the grace period"
+    );
+    let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
+    assert_eq!(last["exit"]["reason"], "StoppedByQuit", "{last}");
+}

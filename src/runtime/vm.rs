@@ -143,8 +143,8 @@ impl VmExit {
                 "stopped on request: the guest powered off after the power button".into()
             }
             VmExit::StoppedOnRequest(StopHow::Quit) => {
-                "stopped on request: the guest ignored the power button for the grace period, \
-                 so QEMU was told to quit"
+                "stopped on request: the guest did not power off after the power button \
+                 (grace period over, or a second stop request), so QEMU was told to quit"
                     .into()
             }
             VmExit::StoppedOnRequest(StopHow::Killed) => {
@@ -232,8 +232,12 @@ enum Attempt {
     Ended(VmExit),
 }
 
-/// Runs the VM until it ends or `stop` turns true; always leaves QEMU reaped.
-pub async fn run(cfg: VmConfig, board: StatusBoard, stop: watch::Receiver<bool>) -> VmExit {
+/// How many times a stop was requested: 1 stops gracefully, 2 or more cut the grace
+/// period short (a second Ctrl-C or SIGTERM).
+pub type StopSignal = watch::Receiver<u32>;
+
+/// Runs the VM until it ends or a stop is requested; always leaves QEMU reaped.
+pub async fn run(cfg: VmConfig, board: StatusBoard, stop: StopSignal) -> VmExit {
     let facts = cfg.kernel.facts.clone();
     board.update(|s| {
         s.kernel = Some(facts.clone());
@@ -289,7 +293,7 @@ pub async fn run(cfg: VmConfig, board: StatusBoard, stop: watch::Receiver<bool>)
     exit
 }
 
-async fn supervise(cfg: &VmConfig, board: &StatusBoard, stop: watch::Receiver<bool>) -> VmExit {
+async fn supervise(cfg: &VmConfig, board: &StatusBoard, stop: StopSignal) -> VmExit {
     let requires_kvm = cfg.kernel.facts.requires_kvm();
     if cfg.kernel.facts.min_memory_mib > cfg.memory_mib {
         return VmExit::Config(format!(
@@ -364,7 +368,7 @@ async fn attempt(
     cfg: &VmConfig,
     board: &StatusBoard,
     accel: Accelerator,
-    mut stop: watch::Receiver<bool>,
+    mut stop: StopSignal,
 ) -> Attempt {
     let qemu_cfg = qemu_config(cfg, accel);
     let cmdline = qemu_cfg.cmdline.clone();
@@ -547,7 +551,7 @@ async fn attempt(
         return end;
     }
 
-    let how = shutdown(&mut qemu, &qmp, cfg.grace, board).await;
+    let how = shutdown(&mut qemu, &qmp, cfg.grace, board, &mut stop).await;
     Attempt::Ended(VmExit::StoppedOnRequest(how))
 }
 
@@ -557,6 +561,7 @@ async fn shutdown(
     qmp: &QmpClient,
     grace: Duration,
     board: &StatusBoard,
+    stop: &mut StopSignal,
 ) -> StopHow {
     board.update(|s| {
         s.phase = Phase::Stopping;
@@ -577,13 +582,19 @@ async fn shutdown(
     );
     if let Err(e) = qmp.system_powerdown().await {
         tracing::warn!(error = %e, "system_powerdown failed; asking QEMU to quit");
-    } else if let Ok(Ok(_)) = tokio::time::timeout(grace, qemu.wait()).await {
-        return StopHow::PoweredOff;
     } else {
-        tracing::warn!(
-            grace_seconds = grace.as_secs(),
-            "the guest ignored the power button; asking QEMU to quit"
-        );
+        tokio::select! {
+            r = tokio::time::timeout(grace, qemu.wait()) => match r {
+                Ok(Ok(_)) => return StopHow::PoweredOff,
+                _ => tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "the guest ignored the power button; asking QEMU to quit"
+                ),
+            },
+            _ = stop.wait_for(|n| *n >= 2) => {
+                tracing::warn!("second stop request: asking QEMU to quit without waiting");
+            }
+        }
     }
     let _ = qmp.quit().await;
     if let Ok(Ok(_)) = tokio::time::timeout(QUIT_WAIT, qemu.wait()).await {
@@ -595,8 +606,8 @@ async fn shutdown(
 }
 
 /// Resolves once a stop was asked for; never, if the sender went away without asking.
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
+async fn stop_requested(stop: &mut StopSignal) {
+    if stop.wait_for(|n| *n >= 1).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
