@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/guest-inputs.sh >/dev/null
 cargo build --release --quiet --bin rvf-operator --example make_fixture
-target/release/examples/make_fixture target/demo >/dev/null
+target_dir="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+"$target_dir/release/examples/make_fixture" target/demo >/dev/null
 echo "booting target/demo/hello.rvf ..." >&2
-exec target/release/rvf-operator run --rvf target/demo/hello.rvf --until-ready "$@"
+exec "$target_dir/release/rvf-operator" run --rvf target/demo/hello.rvf --until-ready "$@"

@@ -83,11 +83,11 @@ struct ExtractArgs {
 /// VM settings shared by `agent` and `run`.
 #[derive(Debug, Args)]
 struct VmArgs {
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 128)]
+    /// Guest RAM in MiB (the Debian cloud kernel needs at least 72).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     memory_mib: u32,
     /// Guest vCPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     vcpus: u32,
     /// KVM use: auto (KVM when /dev/kvm works, else TCG), required, disabled.
     #[arg(long, value_enum, default_value_t = KvmMode::Auto)]
@@ -197,7 +197,7 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct QueryArgs {
-    /// Guest API address, host:port.
+    /// Guest API address, host:port (an http:// prefix is accepted).
     #[arg(long)]
     addr: String,
     /// The query vector, comma-separated.
@@ -209,7 +209,7 @@ struct QueryArgs {
     )]
     vector: Vec<f32>,
     /// How many neighbours to return.
-    #[arg(short, default_value_t = 10)]
+    #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     k: u32,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 10)]

@@ -531,3 +531,80 @@ fn a_second_sigterm_cuts_the_grace_period_short() {
     let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
     assert_eq!(last["exit"]["reason"], "StoppedByQuit", "{last}");
 }
+
+/// `run --output json` in its own process group, as a shell runs a foreground job.
+fn spawn_run_group(
+    extra: &[&str],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--rvf")
+        .arg(rvf())
+        .args(["--output", "json", "--kvm", "disabled"])
+        .args(extra)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let line = lines.next().expect("status line").unwrap();
+        let s: Value = serde_json::from_str(&line).unwrap();
+        if is_ready(&s) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+    }
+    (child, lines)
+}
+
+#[test]
+fn ctrl_c_to_the_whole_foreground_group_still_stops_the_guest_gracefully() {
+    let _vm = vm_lock();
+    let (mut child, lines) = spawn_run_group(&[]);
+    // A terminal's Ctrl-C: SIGINT to every process of the group.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(40)).code(),
+        Some(0)
+    );
+    let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
+    assert_eq!(last["exit"]["reason"], "Stopped", "{last}");
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_qemu_with_it() {
+    let _vm = vm_lock();
+    let (mut child, _lines) = spawn_run_group(&[]);
+    let pid = child.id();
+    // QEMU is spawned from one of the supervisor's threads; each lists its own children.
+    let qemu = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .next()
+        .expect("QEMU is a child of the supervisor");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{qemu}")).exists() {
+        let zombie = std::fs::read_to_string(format!("/proc/{qemu}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true);
+        if zombie {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU {qemu} outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

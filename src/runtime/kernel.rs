@@ -40,6 +40,8 @@ pub const FACTS_FILE: &str = "kernel.json";
 pub enum KernelError {
     #[error("RVF file {0} does not exist")]
     Missing(PathBuf),
+    #[error("kernel directory {dir} is not usable: {reason}")]
+    NotExtracted { dir: PathBuf, reason: String },
     #[error("{path} is not a readable RVF file: {reason}")]
     NotRvf { path: PathBuf, reason: String },
     #[error(
@@ -119,15 +121,22 @@ pub struct ExtractedKernel {
 impl ExtractedKernel {
     /// Reads what an earlier `extract` (for example the init container) left in `dir`.
     pub fn load(dir: &Path) -> Result<Self, KernelError> {
-        let facts_path = dir.join(FACTS_FILE);
-        let text = fs::read_to_string(&facts_path).map_err(|e| KernelError::NotRvf {
-            path: facts_path.clone(),
-            reason: format!("no extracted kernel here ({e}); run `rvf-operator extract` first"),
+        let unusable = |reason: String| KernelError::NotExtracted {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let text = fs::read_to_string(dir.join(FACTS_FILE)).map_err(|e| {
+            unusable(format!(
+                "cannot read {FACTS_FILE} ({e}); run `rvf-operator extract` into it first"
+            ))
         })?;
-        let facts: KernelFacts = serde_json::from_str(&text).map_err(|e| KernelError::Corrupt {
-            path: facts_path,
-            reason: e.to_string(),
-        })?;
+        let facts: KernelFacts = serde_json::from_str(&text)
+            .map_err(|e| unusable(format!("{FACTS_FILE} is not valid: {e}")))?;
+        if !dir.join(KERNEL_FILE).is_file() {
+            return Err(unusable(format!(
+                "it has {FACTS_FILE} but no {KERNEL_FILE} file"
+            )));
+        }
         let initramfs = dir.join(INITRAMFS_FILE);
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -157,6 +166,12 @@ impl KernelSegment {
     pub fn open(path: &Path) -> Result<Self, KernelError> {
         if !path.exists() {
             return Err(KernelError::Missing(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            return Err(KernelError::NotRvf {
+                path: path.to_path_buf(),
+                reason: "it is a directory, not a file".into(),
+            });
         }
         let store = RvfStore::open_readonly(path).map_err(|e| KernelError::NotRvf {
             path: path.to_path_buf(),
@@ -646,6 +661,30 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "RVF file /nonexistent/x.rvf does not exist"
+        );
+    }
+
+    #[test]
+    fn a_directory_is_not_an_rvf_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = KernelSegment::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn loading_a_kernel_dir_without_kernel_file_names_the_directory() {
+        let image = InitramfsTrailer::encode(b"BZIMAGE", b"CPIO!");
+        let seg = KernelSegment::from_payload(Path::new("t.rvf"), plain(&image, "x")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        seg.write_to(dir.path(), None).unwrap();
+        fs::remove_file(dir.path().join(KERNEL_FILE)).unwrap();
+        let err = ExtractedKernel::load(dir.path()).unwrap_err();
+        assert!(matches!(err, KernelError::NotExtracted { .. }), "{err}");
+        assert!(err.to_string().contains("no kernel file"), "{err}");
+        let err = ExtractedKernel::load(&dir.path().join("nope")).unwrap_err();
+        assert!(
+            err.to_string().contains("run `rvf-operator extract`"),
+            "{err}"
         );
     }
 

@@ -187,12 +187,28 @@ impl QemuProcess {
     /// Starts QEMU; the console is copied to `sink` and kept in [`QemuProcess::console`].
     pub fn spawn(config: &QemuConfig, sink: ConsoleSink) -> Result<Self, SpawnError> {
         let _ = std::fs::remove_file(&config.qmp_socket);
-        let mut child = Command::new(&config.binary)
+        let mut command = Command::new(&config.binary);
+        // SAFETY: prctl is async-signal-safe and touches only the child being created.
+        // A QEMU in its own process group would outlive a killed supervisor; the death
+        // signal ties it to the spawning thread, a runtime worker that lives as long as
+        // the supervisor does.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(config.argv())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C goes to the whole foreground
+            // group, and QEMU must not die of it before the guest is powered down.
+            .process_group(0)
             .spawn()
             .map_err(|source| SpawnError {
                 binary: config.binary.clone(),

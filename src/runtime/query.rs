@@ -56,6 +56,15 @@ pub async fn query(
     k: u32,
     timeout: Duration,
 ) -> Result<(Dialect, Vec<Neighbour>), QueryError> {
+    // Accept `http://host:port/` as well as `host:port`: both are what a user copies.
+    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+    if k == 0 {
+        return Err(QueryError::Rejected {
+            addr: addr.to_string(),
+            status: 0,
+            message: "k must be at least 1".into(),
+        });
+    }
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .no_proxy()
@@ -178,6 +187,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("dimension mismatch"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_address_given_as_a_url_works_too() {
+        let app = Router::new().route("/v1/query", post(|| async { Json(json!({"results": []})) }));
+        let addr = serve(app).await;
+        let (d, _) = query(
+            &format!("http://{addr}/"),
+            &[1.0],
+            1,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d, Dialect::V1);
     }
 
     #[tokio::test]

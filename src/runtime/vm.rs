@@ -169,15 +169,27 @@ impl VmExit {
 /// runtime needs. Under TCG it adds `tsc_early_khz` so the guest skips PIT
 /// calibration, which hangs about one TCG boot in four; under KVM it never does.
 pub fn guest_cmdline(rvf: &str, user: &str, accel: Accelerator, tsc_khz: u64) -> String {
-    let mut words: Vec<String> = rvf.split_whitespace().map(String::from).collect();
-    words.extend(user.split_whitespace().map(String::from));
-    if !words.iter().any(|w| w.starts_with("console=")) {
-        words.insert(0, "console=ttyS0".into());
+    // Words after `--` go to init, not the kernel: keep kernel parameters before it.
+    let split = |line: &str| -> (Vec<String>, Vec<String>) {
+        let mut words = line.split_whitespace().map(String::from);
+        let kernel = words.by_ref().take_while(|w| w != "--").collect();
+        (kernel, words.collect())
+    };
+    let (mut kernel, mut init) = split(rvf);
+    let (user_kernel, user_init) = split(user);
+    kernel.extend(user_kernel);
+    init.extend(user_init);
+    if !kernel.iter().any(|w| w.starts_with("console=")) {
+        kernel.insert(0, "console=ttyS0".into());
     }
-    if accel == Accelerator::Tcg && !words.iter().any(|w| w.starts_with("tsc_early_khz=")) {
-        words.push(format!("tsc_early_khz={tsc_khz}"));
+    if accel == Accelerator::Tcg && !kernel.iter().any(|w| w.starts_with("tsc_early_khz=")) {
+        kernel.push(format!("tsc_early_khz={tsc_khz}"));
     }
-    words.join(" ")
+    if !init.is_empty() {
+        kernel.push("--".into());
+        kernel.extend(init);
+    }
+    kernel.join(" ")
 }
 
 /// What QEMU's exit tells about the guest, when nobody asked it to stop.
@@ -193,6 +205,13 @@ pub fn classify_exit(
     }
     if panicked || shutdown_reason == Some("guest-panic") {
         return VmExit::GuestCrashed("the guest kernel panicked (QMP GUEST_PANICKED)".into());
+    }
+    if shutdown_reason == Some("guest-reset") && !console_tail.contains("Linux version") {
+        return VmExit::GuestCrashed(
+            "the guest reset before its kernel printed anything; the usual cause is too little \
+             guest memory for the kernel and initramfs (raise memory)"
+                .into(),
+        );
     }
     if shutdown_reason == Some("guest-reset") {
         return VmExit::GuestCrashed(
@@ -406,9 +425,26 @@ async fn attempt(
     let qmp = match qmp {
         Ok(q) => Arc::new(q),
         Err(e) => {
-            let _ = qemu.kill().await;
+            // QEMU that dies at start may accept the QMP connection and then reset it;
+            // its exit status and stderr explain more than the socket error.
+            let reason = match tokio::time::timeout(QUIT_WAIT, qemu.wait()).await {
+                Ok(status) => {
+                    let exit = classify_exit(
+                        status.ok(),
+                        None,
+                        false,
+                        &qemu.console.text(),
+                        &qemu.stderr.last_lines(5),
+                    );
+                    format!("right after start: {}", exit.message())
+                }
+                Err(_) => {
+                    let _ = qemu.kill().await;
+                    e.to_string()
+                }
+            };
             return Attempt::BootFailed {
-                reason: e.to_string(),
+                reason,
                 hang: false,
             };
         }
@@ -706,6 +742,29 @@ mod tests {
         assert_eq!(tcg, "console=ttyS0 panic=-1 rvf.x=1 tsc_early_khz=2994374");
         let kvm = guest_cmdline("console=ttyS0", "", Accelerator::Kvm, 2_994_374);
         assert_eq!(kvm, "console=ttyS0");
+    }
+
+    #[test]
+    fn runtime_parameters_go_before_the_init_arguments() {
+        let c = guest_cmdline(
+            "console=ttyS0 -- a",
+            "quiet -- --weird",
+            Accelerator::Tcg,
+            7,
+        );
+        assert_eq!(c, "console=ttyS0 quiet tsc_early_khz=7 -- a --weird");
+    }
+
+    #[test]
+    fn a_reset_before_any_kernel_output_points_at_memory() {
+        let e = classify_exit(
+            exited(0),
+            Some("guest-reset"),
+            false,
+            "Probing EDD... ok\n",
+            "",
+        );
+        assert!(e.message().contains("too little guest memory"), "{e:?}");
     }
 
     #[test]
