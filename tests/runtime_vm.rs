@@ -608,3 +608,18 @@ fn a_killed_supervisor_takes_its_qemu_with_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_busy_api_host_port_is_reported_in_qemus_own_words() {
+    let _vm = vm_lock();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let (out, lines) = run_json(&["--until-ready", "--api-host-port", &port]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let msg = lines.last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("host forwarding rule"), "{msg}");
+    assert!(msg.contains(&port), "{msg}");
+}
