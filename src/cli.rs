@@ -460,7 +460,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(&format!("cannot create a work directory: {e}"), None),
     };
     let board = StatusBoard::new();
-    let mut rx = board.subscribe();
+    let mut changes = board.follow();
     let output = args.output;
     let until_ready = args.until_ready;
     let mut printer = Progress::default();
@@ -514,24 +514,30 @@ async fn run(args: RunArgs) -> ExitCode {
     let exit = loop {
         tokio::select! {
             res = &mut vm_task => break res,
-            changed = rx.changed() => {
-                if changed.is_err() { continue; }
-                let snap = rx.borrow_and_update().clone();
-                printer.show(output, &snap);
-            }
+            change = changes.recv() => match change {
+                Ok(snap) => printer.show(output, &snap),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "status printer fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
         }
     };
-    let final_status = board.snapshot();
-    printer.show(output, &final_status);
+    // The supervisor is done: print whatever it announced that was not printed yet.
+    while let Ok(snap) = changes.try_recv() {
+        printer.show(output, &snap);
+    }
     let exit = match exit {
         Ok(e) => e,
         Err(e) => return fail(&format!("the VM supervisor crashed: {e}"), None),
     };
     if until_ready {
-        if printer.was_ready && exit.code() == 0 {
+        // Set once, at the first readiness answer, and never cleared.
+        let was_ready = board.snapshot().boot_seconds.is_some();
+        if was_ready && exit.code() == 0 {
             return ExitCode::SUCCESS;
         }
-        let msg = if printer.was_ready {
+        let msg = if was_ready {
             format!(
                 "the VM became Ready but did not stop cleanly: {}",
                 exit.message()
@@ -550,12 +556,10 @@ async fn run(args: RunArgs) -> ExitCode {
 struct Progress {
     last_line: String,
     last_json: String,
-    was_ready: bool,
 }
 
 impl Progress {
     fn show(&mut self, output: Output, s: &VmStatus) {
-        self.was_ready |= s.is_true(condition::READY);
         match output {
             Output::Json => {
                 let line = serde_json::to_string(s).expect("status serializes");

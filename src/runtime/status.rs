@@ -6,7 +6,7 @@
 use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::kernel::KernelFacts;
 
@@ -177,15 +177,20 @@ impl VmStatus {
     }
 }
 
-/// The single writer of a VM's status; readers subscribe to changes.
+/// The single writer of a VM's status; readers take snapshots or follow every change.
 ///
 /// A refresh that changes only timestamps (a periodic `query-status` with the same
 /// answer) is stored but not announced, so `run --output json` prints one line per
-/// real change.
+/// real change. Changes go out in order on a broadcast channel, so a reader sees a
+/// short-lived state (Ready just before Stopping) even if it was slow to look.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
-    tx: watch::Sender<VmStatus>,
+    current: watch::Sender<VmStatus>,
+    changes: broadcast::Sender<VmStatus>,
 }
+
+/// How many unread changes a follower may fall behind before it loses some.
+const CHANGE_BACKLOG: usize = 1024;
 
 impl Default for StatusBoard {
     fn default() -> Self {
@@ -197,27 +202,37 @@ impl StatusBoard {
     /// A board holding the default (Pending) status.
     pub fn new() -> Self {
         Self {
-            tx: watch::Sender::new(VmStatus::default()),
+            current: watch::Sender::new(VmStatus::default()),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
         }
     }
 
-    /// Applies `f` to the status and tells subscribers if anything but a timestamp changed.
+    /// Applies `f` to the status and announces it if anything but a timestamp changed.
     pub fn update(&self, f: impl FnOnce(&mut VmStatus)) {
-        self.tx.send_if_modified(|s| {
+        let mut announced = None;
+        self.current.send_if_modified(|s| {
             let before = s.change_key();
             f(s);
-            s.change_key() != before
+            let changed = s.change_key() != before;
+            if changed {
+                announced = Some(s.clone());
+            }
+            changed
         });
+        if let Some(s) = announced {
+            // Nobody following is fine: snapshots still see the change.
+            let _ = self.changes.send(s);
+        }
     }
 
     /// The current status.
     pub fn snapshot(&self) -> VmStatus {
-        self.tx.borrow().clone()
+        self.current.borrow().clone()
     }
 
-    /// A receiver that wakes on every announced change.
-    pub fn subscribe(&self) -> watch::Receiver<VmStatus> {
-        self.tx.subscribe()
+    /// Every announced change from now on, in order.
+    pub fn follow(&self) -> broadcast::Receiver<VmStatus> {
+        self.changes.subscribe()
     }
 }
 
@@ -242,21 +257,32 @@ mod tests {
     #[test]
     fn board_announces_real_changes_but_not_timestamp_refreshes() {
         let board = StatusBoard::new();
-        let mut rx = board.subscribe();
-        rx.mark_unchanged();
-        board.update(|s| {
-            s.qmp = Some(QmpState {
-                status: "running".into(),
-                running: true,
-                updated_at: Timestamp::now(),
-            })
-        });
-        assert!(rx.has_changed().unwrap());
-        rx.mark_unchanged();
+        let mut rx = board.follow();
+        let qmp = |at| QmpState {
+            status: "running".into(),
+            running: true,
+            updated_at: at,
+        };
+        board.update(|s| s.qmp = Some(qmp(Timestamp::now())));
         board.update(|s| s.qmp.as_mut().unwrap().updated_at = Timestamp::now());
-        assert!(!rx.has_changed().unwrap());
         board.update(|s| s.phase = Phase::Running);
-        assert!(rx.has_changed().unwrap());
+        assert!(rx.try_recv().unwrap().qmp.is_some());
+        assert_eq!(rx.try_recv().unwrap().phase, Phase::Running);
+        assert!(rx.try_recv().is_err(), "a timestamp refresh was announced");
+    }
+
+    #[test]
+    fn a_slow_follower_still_sees_a_short_lived_state() {
+        let board = StatusBoard::new();
+        let mut rx = board.follow();
+        board.update(|s| s.phase = Phase::Running);
+        board.update(|s| s.phase = Phase::Stopping);
+        board.update(|s| s.phase = Phase::Stopped);
+        let seen: Vec<Phase> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|s| s.phase)
+            .collect();
+        assert_eq!(seen, [Phase::Running, Phase::Stopping, Phase::Stopped]);
+        assert_eq!(board.snapshot().phase, Phase::Stopped);
     }
 
     #[test]

@@ -29,6 +29,8 @@ const QUIT_WAIT: Duration = Duration::from_secs(5);
 const QMP_REFRESH: Duration = Duration::from_secs(5);
 /// Probe interval before the guest first answers, for an accurate boot time.
 const BOOT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// Boot-time probes allowed in flight at once (see the probe loop in `attempt`).
+const BOOT_PROBES_IN_FLIGHT: usize = 4;
 /// Consecutive failed probes after which a ready guest counts as not ready.
 const FAILURE_THRESHOLD: u32 = 3;
 
@@ -458,8 +460,11 @@ async fn attempt(
         cfg.readiness.timeout,
     );
     let mut probe_tick = tokio::time::interval(BOOT_PROBE_INTERVAL);
-    // A probe can take its whole timeout; skipped ticks must not fire in a burst after.
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // During boot, probes overlap: one parked on a connection QEMU accepted before the
+    // guest listened must not delay noticing the guest's first answer by its timeout.
+    // Each result says whether its probe started after the guest was first ready.
+    let mut probes: tokio::task::JoinSet<(bool, Result<u16, String>)> = tokio::task::JoinSet::new();
     let mut qmp_tick = tokio::time::interval(QMP_REFRESH);
     let startup_deadline = tokio::time::Instant::now() + cfg.readiness.startup_timeout;
     let watch_stall =
@@ -512,10 +517,19 @@ async fn attempt(
                 }
             }
             _ = probe_tick.tick() => {
-                match probe.check().await {
+                let limit = if obs.ready { 1 } else { BOOT_PROBES_IN_FLIGHT };
+                if probes.len() < limit {
+                    let (probe, after_ready) = (probe.clone(), obs.ready);
+                    probes.spawn(async move { (after_ready, probe.check().await) });
+                }
+            }
+            Some(joined) = probes.join_next(), if !probes.is_empty() => {
+                let Ok((after_ready, result)) = joined else { continue };
+                match result {
                     Ok(_) if !obs.ready => {
                         obs.ready = true;
                         obs.failures = 0;
+                        probes.abort_all();
                         let secs = started.elapsed().as_secs_f64();
                         tracing::info!(boot_seconds = format!("{secs:.2}"), url = probe.url(), "guest is ready");
                         board.update(|s| {
@@ -543,6 +557,8 @@ async fn attempt(
                         }
                         obs.failures = 0;
                     }
+                    // A boot-time probe that failed late says nothing about a ready guest.
+                    Err(_) if obs.ready && !after_ready => {}
                     Err(e) if obs.ready => {
                         obs.failures += 1;
                         if obs.failures == FAILURE_THRESHOLD {
