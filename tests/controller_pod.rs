@@ -397,3 +397,174 @@ fn the_spec_hash_changes_with_memory_but_not_with_run_strategy() {
     bigger.memory_mib = 256;
     assert_ne!(spec_hash(&base), spec_hash(&bigger));
 }
+
+/// Every spec shape the CLI test runs: each source kind, and every optional agent flag.
+fn specs_for_the_cli() -> Vec<RvfMicroVm> {
+    let mut all_options = pvc_vm();
+    all_options.spec.source.initramfs_path = Some("images/initramfs.cpio".into());
+    all_options.spec.memory_mib = rvf_operator::crd::MAX_MEMORY_MIB;
+    all_options.spec.vcpus = rvf_operator::crd::MAX_VCPUS;
+    all_options.spec.api_port = Some(8443);
+    all_options.spec.ssh = Some(SshSpec {
+        enabled: true,
+        port: 2222,
+    });
+    all_options.spec.kvm = KvmMode::Required;
+    all_options.spec.kernel_args = Some("--debug quiet".into());
+    all_options.spec.qemu = Some(QemuSpec {
+        extra_args: vec!["-device".into(), "virtio-rng-pci".into()],
+    });
+    let mut smallest = http_vm();
+    smallest.spec.memory_mib = rvf_operator::crd::MIN_MEMORY_MIB;
+    smallest.spec.kvm = KvmMode::Disabled;
+    smallest.spec.termination_grace_period_seconds = 0;
+    let mut host = vm_with(VmSource {
+        host_path: Some(HostPathSource {
+            path: "/srv/rvf/hello.rvf".into(),
+        }),
+        initramfs_path: Some("/srv/rvf/initramfs.cpio".into()),
+        ..Default::default()
+    });
+    host.spec.kvm = KvmMode::Auto;
+    vec![pvc_vm(), all_options, smallest, host]
+}
+
+/// Accepts connections on a loopback port of its own and closes them at once, so `fetch`
+/// fails fast with its own error and never reaches any other address.
+fn closing_listener() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    addr
+}
+
+/// Runs `rvf-operator` with the container's arguments, paths moved under `root`, and returns
+/// (exit code, stderr). The container is expected to get past argument parsing and fail on
+/// the missing files (or the closing listener), never on clap.
+fn run_container_args(args: &[String], root: &std::path::Path, url: &str) -> (i32, String) {
+    let mut rewritten = vec![];
+    let mut previous = "";
+    for arg in args {
+        let new = if previous == "--listen" {
+            "127.0.0.1:0".to_string()
+        } else if previous == "--url" {
+            url.to_string()
+        } else if arg.starts_with("/vm/") || arg.starts_with("/dev/") || arg.starts_with("/srv/") {
+            format!("{}{arg}", root.display())
+        } else {
+            arg.clone()
+        };
+        previous = arg;
+        rewritten.push(new);
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rvf-operator"))
+        .args(&rewritten)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the rvf-operator binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_container_s_arguments_parse_with_the_real_cli() {
+    let config = VmPodConfig {
+        allow_host_path: true,
+        allow_qemu_extra_args: true,
+        ..Default::default()
+    };
+    let url = format!("http://{}/hello.rvf", closing_listener());
+    for vm in specs_for_the_cli() {
+        let pod = build(&vm, &config);
+        let spec = pod.spec.as_ref().unwrap();
+        let containers = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers);
+        for container in containers {
+            let root = tempfile::tempdir().unwrap();
+            let args = args(container);
+            assert_eq!(
+                container.command.as_deref(),
+                Some(&["rvf-operator".to_string()][..])
+            );
+            let (code, stderr) = run_container_args(&args, root.path(), &url);
+            let clap_refused =
+                stderr.contains("For more information, try '--help'") || stderr.contains("Usage:");
+            assert!(
+                !clap_refused,
+                "container {} of {:?}: the CLI refused {args:?}: {stderr}",
+                container.name, vm.spec
+            );
+            // Past parsing, each fails on what the temp dir lacks: 1 for fetch and extract,
+            // 5 (configuration) for the agent without an extracted kernel.
+            let expected = if container.name == "vm" { 5 } else { 1 };
+            assert_eq!(code, expected, "container {}: {stderr}", container.name);
+        }
+    }
+}
+
+#[test]
+fn spec_values_outside_the_agents_flag_ranges_are_refused_before_a_pod_exists() {
+    type Edit = fn(&mut RvfMicroVmSpec);
+    let cases: [(&str, Edit); 6] = [
+        ("memoryMiB", |s| s.memory_mib = 8),
+        ("memoryMiB", |s| s.memory_mib = 2_000_000),
+        ("vcpus", |s| s.vcpus = 0),
+        ("vcpus", |s| s.vcpus = 300),
+        ("apiPort", |s| s.api_port = Some(9100)),
+        ("terminationGracePeriodSeconds", |s| {
+            s.termination_grace_period_seconds = -1
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut vm = pvc_vm();
+        edit(&mut vm.spec);
+        match VmPodBuilder::new(&vm, &VmPodConfig::default()).build() {
+            Err(PolicyViolation::InvalidSpec(message)) => {
+                assert!(message.contains(field), "{field}: {message}")
+            }
+            other => panic!("{field}: expected InvalidSpec, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_name_no_service_can_carry_is_refused() {
+    for name in ["hello.world", "Hello", "9lives", &"a".repeat(64)] {
+        let mut vm = pvc_vm();
+        vm.metadata.name = Some(name.to_string());
+        let refused = VmPodBuilder::new(&vm, &VmPodConfig::default()).build();
+        assert_eq!(
+            refused.unwrap_err(),
+            PolicyViolation::InvalidName(name.to_string()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_longest_valid_name_still_gives_a_valid_pod_name_and_label_values() {
+    let name = format!("a{}", "b".repeat(62));
+    let mut vm = pvc_vm();
+    vm.metadata.name = Some(name.clone());
+    let pod = build(&vm, &VmPodConfig::default());
+    let pod_name = pod.metadata.name.clone().unwrap();
+    // Pod names are DNS subdomains (253); only the hostname is cut to 63 by the kubelet.
+    assert_eq!(pod_name.len(), 66);
+    assert!(pod_name.len() <= 253);
+    for value in pod.metadata.labels.unwrap().values() {
+        assert!(value.len() <= 63, "label value {value:?} is too long");
+    }
+    assert_eq!(
+        build_service(&vm).metadata.name.as_deref(),
+        Some(name.as_str())
+    );
+}

@@ -49,16 +49,24 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 
 impl World {
     fn answer(&mut self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        // Paths follow the resource's name, so tests may rename it.
+        let name = self.vm["metadata"]["name"]
+            .as_str()
+            .unwrap_or("hello")
+            .to_string();
+        let vm_path = format!("/apis/rvf.ruvector.io/v1alpha1/namespaces/vms/rvfmicrovms/{name}");
+        let pod_path = format!("/api/v1/namespaces/vms/pods/{name}-vm");
+        let service_path = format!("/api/v1/namespaces/vms/services/{name}");
         match (method, path) {
-            ("PATCH", SERVICE_PATH) => (200, body.clone()),
-            ("GET", POD_PATH) => match &self.pod {
+            ("PATCH", p) if p == service_path => (200, body.clone()),
+            ("GET", p) if p == pod_path => match &self.pod {
                 Some(p) => (200, p.clone()),
                 None => (
                     404,
                     status_body(404, "NotFound", "pods \"hello-vm\" not found"),
                 ),
             },
-            ("PATCH", POD_PATH) => {
+            ("PATCH", p) if p == pod_path => {
                 if let Some((code, message)) = &self.reject_pod {
                     return (*code, status_body(*code, "Forbidden", message));
                 }
@@ -68,19 +76,19 @@ impl World {
                 self.pod = Some(pod.clone());
                 (200, pod)
             }
-            ("DELETE", POD_PATH) => match self.pod.take() {
+            ("DELETE", p) if p == pod_path => match self.pod.take() {
                 Some(p) => (200, p),
                 None => (
                     404,
                     status_body(404, "NotFound", "pods \"hello-vm\" not found"),
                 ),
             },
-            ("PATCH", VM_PATH) => {
+            ("PATCH", p) if p == vm_path => {
                 apply_json_patch(&mut self.vm, body);
                 (200, self.vm.clone())
             }
-            ("GET", p) if p == format!("{VM_PATH}/status") => (200, self.vm.clone()),
-            ("PUT", p) if p == format!("{VM_PATH}/status") => {
+            ("GET", p) if p == format!("{vm_path}/status") => (200, self.vm.clone()),
+            ("PUT", p) if p == format!("{vm_path}/status") => {
                 if self.status_conflicts > 0 {
                     self.status_conflicts -= 1;
                     return (
@@ -156,6 +164,11 @@ struct Harness {
 
 impl Harness {
     fn new(vm: Value, agent: Option<VmStatus>) -> Self {
+        Self::with_context(vm, agent, |_| {})
+    }
+
+    /// A harness whose reconcile context `tune` adjusts first.
+    fn with_context(vm: Value, agent: Option<VmStatus>, tune: impl FnOnce(&mut Context)) -> Self {
         let world = Arc::new(Mutex::new(World {
             vm,
             pod_status: json!({"phase": "Pending"}),
@@ -187,13 +200,14 @@ impl Harness {
             }
         });
         let client = Client::new(service, "default");
-        let ctx = Context::new(
+        let mut ctx = Context::new(
             client,
             VmPodConfig::default(),
             Arc::new(FixedAgent(agent)),
             Arc::new(Metrics::new()),
             Some("test".into()),
         );
+        tune(&mut ctx);
         Self {
             world,
             ctx: Arc::new(ctx),
@@ -463,4 +477,40 @@ async fn a_refused_host_path_source_fails_without_creating_a_pod() {
     assert!(h.world.lock().unwrap().pod.is_none());
     assert_eq!(h.vm_status()["phase"], "Failed");
     assert_eq!(h.ready().1, "HostPathNotAllowed");
+}
+
+#[tokio::test]
+async fn a_name_no_service_can_carry_gets_a_condition_instead_of_an_error_loop() {
+    let mut vm = vm_object(&[FINALIZER]);
+    // Stored before the CRD checked names: a DNS subdomain, not a DNS-1035 label.
+    vm["metadata"]["name"] = json!("hello.v2");
+    let h = Harness::new(vm, None);
+    h.reconcile().await.unwrap();
+    let w = h.world.lock().unwrap();
+    assert!(
+        w.seen.iter().all(|s| !s.path.contains("/services/")),
+        "no Service apply for a name a Service cannot carry"
+    );
+    assert!(w.pod.is_none());
+    drop(w);
+    assert_eq!(h.vm_status()["phase"], "Failed");
+    assert_eq!(h.ready(), ("False".into(), "InvalidName".into()));
+    assert!(h.vm_status()["serviceName"].is_null());
+}
+
+#[tokio::test]
+async fn a_vm_whose_agent_stays_unreachable_stops_being_ready_but_stays_running() {
+    let h = Harness::with_context(vm_object(&[FINALIZER]), None, |ctx| {
+        ctx.agent_stale_after = std::time::Duration::from_millis(50);
+    });
+    h.world.lock().unwrap().pod_status = running_pod_status();
+    // The first missed poll: the kubelet's probe still vouches for the guest.
+    h.reconcile().await.unwrap();
+    assert_eq!(h.vm_status()["phase"], "Running");
+    assert_eq!(h.ready(), ("True".into(), "GuestReady".into()));
+
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    h.reconcile().await.unwrap();
+    assert_eq!(h.vm_status()["phase"], "Running");
+    assert_eq!(h.ready(), ("False".into(), "AgentUnreachable".into()));
 }

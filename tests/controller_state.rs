@@ -7,12 +7,13 @@ use k8s_openapi::api::core::v1::Pod;
 use rvf_operator::controller::pod::{spec_hash, PolicyViolation, VmPodBuilder, VmPodConfig};
 use rvf_operator::controller::state::{
     compute_status, plan, DeleteReason, Observations, PodAction, PodObservation, PodRejection,
+    DEFAULT_AGENT_STALE_AFTER,
 };
 use rvf_operator::crd::{
     Accelerator, KvmMode, Phase, QmpState, RunStrategy, RvfMicroVm, RvfMicroVmSpec,
     RvfMicroVmStatus,
 };
-use rvf_operator::runtime::status::VmStatus;
+use rvf_operator::runtime::status::{ConditionStatus, VmStatus};
 use serde_json::{json, Value};
 
 fn spec() -> RvfMicroVmSpec {
@@ -61,6 +62,8 @@ fn obs<'a>(spec: &'a RvfMicroVmSpec, pod: Option<PodObservation>) -> Observation
         pvc_missing: None,
         agent: None,
         agent_error: None,
+        agent_unreachable_since: None,
+        agent_stale_after: DEFAULT_AGENT_STALE_AFTER,
         service_name: Some("hello".into()),
         endpoints: None,
         kvm_markers: vec!["devices.kubevirt.io/kvm".into()],
@@ -469,4 +472,190 @@ fn a_condition_keeps_its_transition_time_while_its_status_holds() {
             .clone()
     };
     assert_eq!(t(&first), t(&second));
+}
+
+fn running_status_with(pod_ready: bool) -> Value {
+    let mut st = status_with(terminated(0, ""), json!({"running": {}}), pod_ready);
+    st["phase"] = json!("Running");
+    st
+}
+
+/// The status of a VM that was Running and Ready at the last look.
+fn was_running() -> RvfMicroVmStatus {
+    let s = spec();
+    let mut o = obs(&s, Some(pod(&s, running_status_with(true))));
+    o.agent = Some(agent_ready(true));
+    let (_, status) = run(&o);
+    assert_eq!(cond(&status, "Ready"), Some(("True", "GuestReady")));
+    status
+}
+
+/// What a live agent serves: phase Running, and Ready as its own guest probe says.
+fn agent_ready(ready: bool) -> VmStatus {
+    let mut agent = VmStatus {
+        phase: Phase::Running,
+        qemu_alive: true,
+        ..Default::default()
+    };
+    let (status, reason) = if ready {
+        (ConditionStatus::True, "GuestAnswered")
+    } else {
+        (ConditionStatus::False, "ProbeFailed")
+    };
+    agent.set_condition(
+        "Ready",
+        status,
+        reason,
+        "GET http://127.0.0.1:8080/v1/health failed",
+    );
+    agent
+}
+
+#[test]
+fn a_guest_that_stopped_answering_is_running_but_not_ready() {
+    let s = spec();
+    // The kubelet has not caught up yet; the agent already says the guest stopped answering.
+    let mut o = obs(&s, Some(pod(&s, running_status_with(true))));
+    o.agent = Some(agent_ready(false));
+    let (_, status) = run(&o);
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(cond(&status, "Ready"), Some(("False", "ProbeFailed")));
+    assert_eq!(cond(&status, "GuestReady").unwrap().0, "False");
+}
+
+#[test]
+fn one_missed_agent_poll_does_not_flip_a_running_vm_to_booting_or_failed() {
+    let s = spec();
+    let previous = was_running();
+    for pod_ready in [true, false] {
+        let mut o = obs(&s, Some(pod(&s, running_status_with(pod_ready))));
+        o.previous = Some(&previous);
+        o.agent_error = Some("GET http://10.0.0.7:9100/status failed: timed out".into());
+        o.agent_unreachable_since = Some(o.now);
+        let (action, status) = run(&o);
+        assert_eq!(action, PodAction::Keep);
+        assert_eq!(status.phase, Phase::Running, "pod ready {pod_ready}");
+        let ready = if pod_ready { "True" } else { "False" };
+        assert_eq!(cond(&status, "Ready").unwrap().0, ready);
+    }
+}
+
+#[test]
+fn an_agent_unreachable_for_long_is_no_longer_reported_ready() {
+    let s = spec();
+    let previous = was_running();
+    let mut o = obs(&s, Some(pod(&s, running_status_with(true))));
+    o.previous = Some(&previous);
+    o.agent_error = Some("GET http://10.0.0.7:9100/status failed: timed out".into());
+    o.agent_unreachable_since = Some(o.now - DEFAULT_AGENT_STALE_AFTER);
+    let (action, status) = run(&o);
+    assert_eq!(action, PodAction::Keep);
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(cond(&status, "Ready"), Some(("False", "AgentUnreachable")));
+    assert_eq!(
+        cond(&status, "Reconciling"),
+        Some(("True", "AgentUnreachable"))
+    );
+    assert!(status.message.unwrap().contains("timed out"));
+}
+
+#[test]
+fn a_pod_on_a_lost_node_is_not_ready_and_says_so() {
+    let s = spec();
+    let previous = was_running();
+    let mut st = running_status_with(false);
+    st["phase"] = json!("Unknown");
+    let mut o = obs(&s, Some(pod(&s, st)));
+    o.previous = Some(&previous);
+    let (action, status) = run(&o);
+    assert_eq!(action, PodAction::Keep);
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(cond(&status, "Ready"), Some(("False", "NodeUnreachable")));
+    assert!(status.message.unwrap().contains("node-1"));
+    assert_eq!(status.node_name.as_deref(), Some("node-1"));
+}
+
+#[test]
+fn arguments_the_vm_image_refuses_fail_for_good_instead_of_as_a_guest_crash() {
+    let s = spec();
+    let clap = "error: unexpected argument '--grace-seconds' found\n\nUsage: rvf-operator agent \
+                --kernel-dir <KERNEL_DIR>\n\nFor more information, try '--help'.";
+    let mut st = status_with(terminated(0, ""), terminated(2, clap), false);
+    st["phase"] = json!("Failed");
+    let o = obs(&s, Some(pod(&s, st)));
+    let (action, status) = run(&o);
+    assert_eq!(action, PodAction::Keep);
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(cond(&status, "Ready"), Some(("False", "ArgumentsRejected")));
+    assert_eq!(
+        cond(&status, "Stalled"),
+        Some(("True", "ArgumentsRejected"))
+    );
+    assert!(status.message.unwrap().contains("--grace-seconds"));
+}
+
+#[test]
+fn waiting_to_rerun_a_failed_vm_is_reconciling_not_done() {
+    let s = spec();
+    let mut st = status_with(terminated(0, ""), terminated(2, "guest panicked"), false);
+    st["phase"] = json!("Failed");
+    let (action, status) = run(&obs(&s, Some(pod(&s, st))));
+    assert!(matches!(action, PodAction::WaitForRerun { .. }));
+    assert_eq!(cond(&status, "Reconciling"), Some(("True", "GuestCrashed")));
+    assert!(cond(&status, "Stalled").is_none());
+}
+
+#[test]
+fn each_agent_exit_code_ends_in_its_phase_reason_and_rerun_decision() {
+    // (exit code, pod phase, status phase, Ready reason, rerun under Always, under RerunOnFailure)
+    let table = [
+        (0, "Succeeded", Phase::Stopped, "GuestShutdown", true, false),
+        (2, "Failed", Phase::Failed, "GuestCrashed", true, true),
+        (3, "Failed", Phase::Failed, "QemuFailed", true, true),
+        (4, "Failed", Phase::Failed, "GuestNeverReady", true, true),
+        (
+            5,
+            "Failed",
+            Phase::Failed,
+            "ConfigurationError",
+            false,
+            false,
+        ),
+    ];
+    for (code, pod_phase, phase, reason, always, on_failure) in table {
+        for (strategy, reruns) in [
+            (RunStrategy::Always, always),
+            (RunStrategy::RerunOnFailure, on_failure),
+            (RunStrategy::Once, false),
+        ] {
+            let mut s = spec();
+            s.run_strategy = strategy;
+            let mut st = status_with(terminated(0, ""), terminated(code, ""), false);
+            st["phase"] = json!(pod_phase);
+            let mut o = obs(&s, Some(pod(&s, st)));
+            o.now = "2026-01-01T01:00:00Z".parse().unwrap();
+            let (action, status) = run(&o);
+            let rerun = action
+                == PodAction::Delete {
+                    why: DeleteReason::Rerun,
+                };
+            assert_eq!(rerun, reruns, "exit {code} under {strategy:?}: {action:?}");
+            if !rerun {
+                assert_eq!(status.phase, phase, "exit {code} under {strategy:?}");
+                assert_eq!(cond(&status, "Ready"), Some(("False", reason)));
+            }
+        }
+    }
+}
+
+#[test]
+fn an_oom_killed_vm_container_says_so_and_names_the_overhead_flag() {
+    let s = spec();
+    let oom = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-01-01T00:00:00Z"}});
+    let mut st = status_with(terminated(0, ""), oom, false);
+    st["phase"] = json!("Failed");
+    let (_, status) = run(&obs(&s, Some(pod(&s, st))));
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(cond(&status, "Ready"), Some(("False", "OOMKilled")));
+    assert!(status.message.unwrap().contains("--memory-overhead-mib"));
 }

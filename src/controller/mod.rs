@@ -64,6 +64,11 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 15)]
     pub running_requeue_seconds: u64,
 
+    /// Seconds the agent's /status may keep failing before a VM is no longer reported Ready
+    /// (reason AgentUnreachable); a shorter outage leaves the status as the kubelet's probe says.
+    #[arg(long, default_value_t = state::DEFAULT_AGENT_STALE_AFTER.as_secs())]
+    pub agent_unreachable_seconds: u64,
+
     /// Name of this replica in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
@@ -131,6 +136,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         args.instance.clone(),
     );
     ctx.running_requeue = Duration::from_secs(args.running_requeue_seconds);
+    ctx.agent_stale_after = Duration::from_secs(args.agent_unreachable_seconds);
     let ctx = Arc::new(ctx);
 
     // A standby is ready too: a rolling update needs the new replica Ready before the

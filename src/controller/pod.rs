@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{KvmMode, RvfMicroVm, RvfMicroVmSpec, AGENT_PORT};
+use crate::crd::{
+    KvmMode, RvfMicroVm, RvfMicroVmSpec, AGENT_PORT, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB,
+};
 
 /// Label every child object carries with the name of its `RvfMicroVm`; the Service selects on it.
 pub const VM_LABEL: &str = "rvf.ruvector.io/vm";
@@ -91,13 +93,20 @@ pub const DEFAULT_MEMORY_OVERHEAD_MIB: u32 = 128;
 /// Default of `--cpu-request-millis-per-vcpu`.
 pub const DEFAULT_CPU_REQUEST_MILLIS_PER_VCPU: u32 = 100;
 
-/// A spec the operator's configuration refuses to run; the user fixes it by changing the spec.
+/// A resource the operator refuses to run; the user fixes it by changing the resource.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyViolation {
     #[error("source.hostPath is refused: the operator runs without --allow-host-path (hostPath is for single-node development)")]
     HostPathNotAllowed,
     #[error("qemu.extraArgs is refused: the operator runs without --allow-qemu-extra-args (extra QEMU arguments in a privileged pod can reach the host)")]
     QemuExtraArgsNotAllowed,
+    /// The name cannot name the VM's Service (a resource stored before the CRD checked it).
+    #[error("metadata.name {0:?} must be a DNS-1035 label (at most 63 lower-case letters, digits or '-', starting with a letter) because the VM's Service carries it; recreate the VM under such a name")]
+    InvalidName(String),
+    /// A spec field is outside what the VM agent accepts (a resource stored before the CRD
+    /// had its bounds, or applied with validation off); the text names the field.
+    #[error("{0}")]
+    InvalidSpec(String),
 }
 
 impl PolicyViolation {
@@ -106,8 +115,92 @@ impl PolicyViolation {
         match self {
             PolicyViolation::HostPathNotAllowed => "HostPathNotAllowed",
             PolicyViolation::QemuExtraArgsNotAllowed => "QemuExtraArgsNotAllowed",
+            PolicyViolation::InvalidName(_) => "InvalidName",
+            PolicyViolation::InvalidSpec(_) => "InvalidSpec",
         }
     }
+}
+
+/// Checks everything about `vm` that would otherwise fail later and less clearly: its name
+/// (the Service carries it), the bounds of the spec (the agent's flags refuse values outside
+/// them, and an agent that refuses its arguments exits like a crashed guest), then the
+/// operator's policy. The CRD schema enforces the same bounds at `kubectl apply`; this
+/// catches resources stored before it did.
+pub fn check_resource(vm: &RvfMicroVm, config: &VmPodConfig) -> Result<(), PolicyViolation> {
+    let name = vm.name_any();
+    if !is_dns1035_label(&name) {
+        return Err(PolicyViolation::InvalidName(name));
+    }
+    check_spec_bounds(&vm.spec).map_err(PolicyViolation::InvalidSpec)?;
+    check_policy(&vm.spec, config)
+}
+
+/// True for a DNS-1035 label: what a Service name must be.
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn check_spec_bounds(spec: &RvfMicroVmSpec) -> Result<(), String> {
+    let within = |field: &str, value: i64, min: i64, max: i64| {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field} is {value}; it must be between {min} and {max}"
+            ))
+        }
+    };
+    within(
+        "memoryMiB",
+        spec.memory_mib.into(),
+        MIN_MEMORY_MIB.into(),
+        MAX_MEMORY_MIB.into(),
+    )?;
+    within("vcpus", spec.vcpus.into(), 1, MAX_VCPUS.into())?;
+    within(
+        "terminationGracePeriodSeconds",
+        spec.termination_grace_period_seconds,
+        0,
+        3600,
+    )?;
+    let r = &spec.readiness;
+    within("readiness.periodSeconds", r.period_seconds.into(), 1, 300)?;
+    within("readiness.timeoutSeconds", r.timeout_seconds.into(), 1, 300)?;
+    within(
+        "readiness.startupTimeoutSeconds",
+        r.startup_timeout_seconds.into(),
+        1,
+        3600,
+    )?;
+    if !r.path.starts_with('/') {
+        return Err(format!("readiness.path {:?} must start with '/'", r.path));
+    }
+    let api = spec.service_api_port();
+    let ports = [("apiPort", Some(api)), ("ssh.port", spec.ssh_port())];
+    for (field, port) in ports {
+        match port {
+            Some(0) => return Err(format!("{field} must be between 1 and 65535")),
+            Some(AGENT_PORT) => {
+                return Err(format!(
+                    "{field} {AGENT_PORT} is taken by the VM agent inside the pod; pick another guest port"
+                ))
+            }
+            _ => {}
+        }
+    }
+    if spec.ssh_port() == Some(api) {
+        return Err(format!(
+            "ssh.port and apiPort are both {api}; they must differ: both are forwarded to the pod"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the spec against what the operator allows.
@@ -170,7 +263,7 @@ impl<'a> VmPodBuilder<'a> {
     /// The pod, or the policy the spec breaks.
     pub fn build(&self) -> Result<Pod, PolicyViolation> {
         let spec = &self.vm.spec;
-        check_policy(spec, self.config)?;
+        check_resource(self.vm, self.config)?;
         let name = self.vm.name_any();
         let source = self.source_layout();
 

@@ -22,11 +22,11 @@ use tracing::{debug, info, instrument, warn};
 use super::agent::AgentStatusSource;
 use super::events::transition_events;
 use super::metrics_server::Metrics;
-use super::pod::{check_policy, pod_name, spec_hash, VmPodBuilder, VmPodConfig};
+use super::pod::{check_resource, pod_name, spec_hash, PolicyViolation, VmPodBuilder, VmPodConfig};
 use super::service::{build_service, service_endpoints};
 use super::state::{
     compute_status, condition, plan, requeue_after, ContainerPhase, Observations, PodAction,
-    PodObservation, PodRejection,
+    PodObservation, PodRejection, DEFAULT_AGENT_STALE_AFTER,
 };
 use crate::crd::{Phase, RvfMicroVm, RvfMicroVmStatus};
 
@@ -125,6 +125,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often a Running VM is looked at again, to keep `qmp.status` fresh.
     pub running_requeue: Duration,
+    /// How long the agent's `/status` may fail before the status stops claiming Ready.
+    pub agent_stale_after: Duration,
+    /// Since when each VM's agent has not answered, for `agent_stale_after`.
+    agent_unreachable: Mutex<HashMap<ObjectRef<RvfMicroVm>, Timestamp>>,
     /// Reconcile failures in a row per object, for the error backoff.
     failures: Mutex<HashMap<ObjectRef<RvfMicroVm>, u32>>,
     /// Last phase of every VM seen, for the VMs-by-phase gauge.
@@ -151,8 +155,24 @@ impl Context {
             agent,
             metrics,
             running_requeue: Duration::from_secs(15),
+            agent_stale_after: DEFAULT_AGENT_STALE_AFTER,
+            agent_unreachable: Mutex::default(),
             failures: Mutex::default(),
             phases: Mutex::default(),
+        }
+    }
+
+    /// Records one poll of the agent: `None` for an answer (or nothing to ask), `Some(now)` for
+    /// a failure; returns since when it has been failing.
+    fn agent_poll(&self, vm: &RvfMicroVm, failed_at: Option<Timestamp>) -> Option<Timestamp> {
+        let mut map = self.agent_unreachable.lock().expect("agent map lock");
+        let key = ObjectRef::from_obj(vm);
+        match failed_at {
+            Some(now) => Some(*map.entry(key).or_insert(now)),
+            None => {
+                map.remove(&key);
+                None
+            }
         }
     }
 
@@ -269,16 +289,21 @@ async fn apply(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileError>
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let apply_params = PatchParams::apply(FIELD_MANAGER).force();
 
-    let service = build_service(vm);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    services
-        .patch(&name, &apply_params, &Patch::Apply(&service))
-        .await
-        .map_err(|source| ReconcileError::ApplyService {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?;
+    let policy = check_resource(vm, &ctx.pod_config).err();
+    // A name the Service cannot carry would fail every apply; the status says why instead.
+    let name_usable = !matches!(policy, Some(PolicyViolation::InvalidName(_)));
+    if name_usable {
+        let service = build_service(vm);
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+        services
+            .patch(&name, &apply_params, &Patch::Apply(&service))
+            .await
+            .map_err(|source| ReconcileError::ApplyService {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+    }
 
     let pod_name = pod_name(&name);
     let mut pod = read_pod(&pods, &namespace, &pod_name).await?;
@@ -293,14 +318,16 @@ async fn apply(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileError>
         previous: vm.status.as_ref(),
         desired_hash: spec_hash(&vm.spec),
         deleting: false,
-        policy: check_policy(&vm.spec, &ctx.pod_config).err(),
+        policy,
         pod: pod.as_ref().map(PodObservation::from_pod),
         pod_rejected: None,
         pvc_missing,
         agent: None,
         agent_error: None,
-        service_name: Some(name.clone()),
-        endpoints: Some(service_endpoints(vm)),
+        agent_unreachable_since: None,
+        agent_stale_after: ctx.agent_stale_after,
+        service_name: name_usable.then(|| name.clone()),
+        endpoints: name_usable.then(|| service_endpoints(vm)),
         kvm_markers: kvm_markers(&ctx.pod_config),
         now,
     };
@@ -348,15 +375,18 @@ async fn apply(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileError>
         PodAction::Keep | PodAction::WaitForRerun { .. } => {}
     }
 
+    let mut agent_failed_at = None;
     if let Some(ip) = pod.as_ref().and_then(running_vm_ip) {
         match ctx.agent.status(&ip).await {
             Ok(status) => obs.agent = Some(status),
             Err(e) => {
                 debug!(pod = %pod_name, error = %e, "agent /status did not answer");
                 obs.agent_error = Some(e);
+                agent_failed_at = Some(now);
             }
         }
     }
+    obs.agent_unreachable_since = ctx.agent_poll(vm, agent_failed_at);
 
     let status = compute_status(&obs, &action);
     publish_status(vm, ctx, status.clone()).await?;
@@ -374,6 +404,7 @@ async fn cleanup(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileErro
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pod = read_pod(&pods, &namespace, &name).await?;
     ctx.record_phase(vm, None);
+    ctx.agent_poll(vm, None);
     let Some(pod) = pod else {
         info!("the VM pod is gone; releasing the RvfMicroVm");
         return Ok(Action::await_change());
@@ -413,8 +444,10 @@ async fn cleanup(vm: &RvfMicroVm, ctx: &Context) -> Result<Action, ReconcileErro
         pvc_missing: None,
         agent: None,
         agent_error: None,
-        service_name: Some(vm.name_any()),
-        endpoints: Some(service_endpoints(vm)),
+        agent_unreachable_since: None,
+        agent_stale_after: ctx.agent_stale_after,
+        service_name: vm.status.as_ref().and_then(|s| s.service_name.clone()),
+        endpoints: vm.status.as_ref().and_then(|s| s.endpoints.clone()),
         kvm_markers: vec![],
         now: Timestamp::now(),
     };

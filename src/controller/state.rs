@@ -22,6 +22,9 @@ pub mod condition {
     pub const STALLED: &str = "Stalled";
 }
 
+/// Default of `--agent-unreachable-seconds`: four missed polls at the default 15 s period.
+pub const DEFAULT_AGENT_STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// Delay before the first rerun of a failed VM; doubles with each rerun up to [`MAX_RERUN_DELAY`].
 pub const FIRST_RERUN_DELAY: Duration = Duration::from_secs(10);
 /// Longest delay between reruns of a VM that keeps failing.
@@ -174,6 +177,13 @@ pub struct Observations<'a> {
     pub pvc_missing: Option<String>,
     pub agent: Option<VmStatus>,
     pub agent_error: Option<String>,
+    /// Since when the agent's `/status` has failed without a success in between (None while it
+    /// answers, or when nothing runs to ask).
+    pub agent_unreachable_since: Option<Timestamp>,
+    /// How long the agent may stay unreachable before the status stops vouching for the guest:
+    /// shorter, and one lost poll would flip a healthy VM; longer, and a VM the controller
+    /// cannot see stays Ready.
+    pub agent_stale_after: Duration,
     pub service_name: Option<String>,
     pub endpoints: Option<Endpoints>,
     /// Node label key of `--kvm-node-selector` and the `--kvm-resource-name`, to recognise an
@@ -302,6 +312,20 @@ fn outcome(pod: &PodObservation, spec: &RvfMicroVmSpec) -> Option<Outcome> {
         message,
         permanent,
     };
+    for (container, phase) in [
+        (FETCH_CONTAINER, pod.fetch.as_ref()),
+        (EXTRACT_CONTAINER, Some(&pod.extract)),
+        (VM_CONTAINER, Some(&pod.vm)),
+    ] {
+        if let Some(ContainerPhase::Terminated {
+            exit_code, message, ..
+        }) = phase
+        {
+            if arguments_rejected(*exit_code, message) {
+                return Some(arguments_rejected_outcome(container, message));
+            }
+        }
+    }
     if let Some(ContainerPhase::Terminated {
         exit_code, message, ..
     }) = &pod.fetch
@@ -402,6 +426,29 @@ fn outcome(pod: &PodObservation, spec: &RvfMicroVmSpec) -> Option<Outcome> {
     }
 }
 
+/// True when a container's exit looks like clap refusing its arguments (exit code 2 and clap's
+/// usage text in the log tail the kubelet kept): the VM image's `rvf-operator` does not
+/// understand what this controller passes, usually an image older than the controller.
+/// Exit code 2 is also the agent's "guest crashed", so the text decides.
+fn arguments_rejected(exit_code: i32, message: &str) -> bool {
+    exit_code == 2
+        && (message.contains("For more information, try '--help'")
+            || message.contains("Usage: rvf-operator"))
+}
+
+fn arguments_rejected_outcome(container: &str, message: &str) -> Outcome {
+    Outcome {
+        phase: Phase::Failed,
+        reason: "ArgumentsRejected".into(),
+        message: format!(
+            "rvf-operator in container {container} refused the arguments the controller passed \
+             (is --vm-image older than the controller?): {}",
+            or_default(message, "no message")
+        ),
+        permanent: true,
+    }
+}
+
 fn or_default(message: &str, default: &str) -> String {
     if message.trim().is_empty() {
         default.to_string()
@@ -483,11 +530,14 @@ fn verdict(obs: &Observations, action: &PodAction) -> Verdict {
             let (reason, message) = ended
                 .map(|o| (o.reason, o.message))
                 .unwrap_or_else(|| ("Stopped".into(), "the VM stopped".into()));
-            return Verdict::new(
+            let mut v = Verdict::new(
                 Phase::Failed,
                 &reason,
                 format!("{message}; starting it again in {}s", after.as_secs()),
             );
+            // A rerun is coming without anyone acting: kstatus must not read this as done.
+            v.progressing = true;
+            return v;
         }
         PodAction::Create { .. } => {
             return Verdict::new(Phase::Pending, "Creating", "creating the VM pod");
@@ -553,6 +603,23 @@ fn verdict(obs: &Observations, action: &PodAction) -> Verdict {
             && (ended.permanent || obs.spec.run_strategy != RunStrategy::Always)
         {
             v.stalled()
+        } else {
+            v
+        };
+    }
+    if pod.phase == "Unknown" {
+        let node = pod.node_name.as_deref().unwrap_or("its node");
+        let phase = match obs.previous.map(|p| p.phase) {
+            Some(p @ (Phase::Booting | Phase::Running)) => p,
+            _ => Phase::Booting,
+        };
+        let message = format!(
+            "the kubelet on {node} stopped reporting the VM pod (node lost or partitioned); \
+             the VM's state is unknown"
+        );
+        let v = Verdict::new(phase, "NodeUnreachable", message);
+        return if matches!(pod.extract, ContainerPhase::Terminated { exit_code: 0, .. }) {
+            v.extracted(True, "Extracted")
         } else {
             v
         };
@@ -636,26 +703,82 @@ fn verdict(obs: &Observations, action: &PodAction) -> Verdict {
                 .extracted(False, "NotStarted");
         }
     }
-    let agent_phase = obs.agent.as_ref().map(|a| a.phase);
-    let guest_ready = pod.ready || agent_phase == Some(Phase::Running);
-    let mut v = if guest_ready && pod.vm == ContainerPhase::Running {
-        Verdict::new(
-            Phase::Running,
-            "GuestReady",
-            "the guest answers HTTP on its API port",
-        )
-    } else if pod.vm == ContainerPhase::Running {
-        let message = obs
-            .agent
-            .as_ref()
-            .and_then(|a| a.message.clone())
-            .unwrap_or_else(|| "QEMU is booting the guest".into());
-        Verdict::new(Phase::Booting, "Booting", message)
+    let v = if pod.vm == ContainerPhase::Running {
+        running_verdict(obs, pod)
     } else {
         Verdict::new(Phase::Booting, "Starting", "the vm container is starting")
     };
-    v.guest_ready = guest_ready;
     v.extracted(True, "Extracted")
+}
+
+/// The verdict while the `vm` container runs: the agent's own view when it answered, else the
+/// kubelet's readiness probe for a while, then no claim at all.
+fn running_verdict(obs: &Observations, pod: &PodObservation) -> Verdict {
+    let was_running = obs.previous.is_some_and(|p| p.phase == Phase::Running);
+    let ready_verdict = || {
+        let mut v = Verdict::new(
+            Phase::Running,
+            "GuestReady",
+            "the guest answers HTTP on its API port",
+        );
+        v.guest_ready = true;
+        v
+    };
+    if let Some(agent) = &obs.agent {
+        // An agent without a Ready condition (an older one) is ready once it says Running.
+        let agent_ready = agent
+            .condition(condition::READY)
+            .map_or(agent.phase == Phase::Running || pod.ready, |c| {
+                c.status == ConditionStatus::True
+            });
+        if agent_ready {
+            return ready_verdict();
+        }
+        let message = agent
+            .message
+            .clone()
+            .unwrap_or_else(|| "QEMU is booting the guest".into());
+        if agent.phase == Phase::Running {
+            // The guest answered once and has stopped answering: still running, not ready.
+            let (reason, message) = agent
+                .condition(condition::READY)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .unwrap_or_else(|| ("GuestNotAnswering".into(), message));
+            return Verdict::new(Phase::Running, &reason, message);
+        }
+        return Verdict::new(Phase::Booting, "Booting", message);
+    }
+    let unreachable_for = obs.agent_unreachable_since.map_or(Duration::ZERO, |since| {
+        obs.now.duration_since(since).unsigned_abs()
+    });
+    if obs.agent_unreachable_since.is_some() && unreachable_for >= obs.agent_stale_after {
+        let error = obs.agent_error.as_deref().unwrap_or("no answer");
+        let phase = if was_running || pod.ready {
+            Phase::Running
+        } else {
+            Phase::Booting
+        };
+        let message = format!(
+            "the VM agent's /status has not answered for {}s ({error}); the controller cannot \
+             vouch for the guest (does a NetworkPolicy block port {}?)",
+            unreachable_for.as_secs(),
+            crate::crd::AGENT_PORT
+        );
+        return Verdict::new(phase, "AgentUnreachable", message);
+    }
+    // A missed poll or two: the kubelet's probe of the same agent still speaks for the guest,
+    // and a VM that was Running stays Running rather than flapping to Booting.
+    if pod.ready {
+        return ready_verdict();
+    }
+    if was_running {
+        return Verdict::new(
+            Phase::Running,
+            "GuestNotAnswering",
+            "the VM pod is not ready: the agent's readiness probe of the guest fails",
+        );
+    }
+    Verdict::new(Phase::Booting, "Booting", "QEMU is booting the guest")
 }
 
 fn ready_reason(status: &RvfMicroVmStatus) -> Option<&str> {
@@ -735,7 +858,7 @@ pub fn compute_status(obs: &Observations, action: &PodAction) -> RvfMicroVmStatu
             obs.now,
         );
     };
-    let ready = v.phase == Phase::Running;
+    let ready = v.phase == Phase::Running && v.guest_ready;
     set(
         condition::READY,
         if ready {
