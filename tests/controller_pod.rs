@@ -246,11 +246,11 @@ fn memory_request_and_limit_are_guest_ram_plus_the_overhead() {
 }
 
 #[test]
-fn the_default_overhead_is_documented_as_128_mib() {
-    assert_eq!(VmPodConfig::default().memory_overhead_mib, 128);
+fn the_default_overhead_is_the_measured_overhead_plus_margin_160_mib() {
+    assert_eq!(VmPodConfig::default().memory_overhead_mib, 160);
     let pod = build(&pvc_vm(), &VmPodConfig::default());
     let resources = vm_container(&pod).resources.clone().unwrap();
-    assert_eq!(resources.limits.unwrap()["memory"].0, "256Mi");
+    assert_eq!(resources.limits.unwrap()["memory"].0, "288Mi");
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn resource_overrides_from_the_spec_win() {
     let pod = build(&vm, &VmPodConfig::default());
     let resources = vm_container(&pod).resources.clone().unwrap();
     assert_eq!(resources.limits.unwrap()["memory"].0, "1Gi");
-    assert_eq!(resources.requests.unwrap()["memory"].0, "256Mi");
+    assert_eq!(resources.requests.unwrap()["memory"].0, "288Mi");
 }
 
 #[test]

@@ -402,7 +402,7 @@ async fn a_spec_change_deletes_the_old_pod_then_creates_a_new_one() {
     let pod = w.pod.as_ref().expect("a new pod");
     assert_eq!(
         pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
-        "640Mi"
+        "672Mi"
     );
     assert_eq!(w.requests("PATCH", POD_PATH).len(), 2);
 }
