@@ -27,13 +27,17 @@ fn rvf() -> &'static Path {
     &fixture::hello().rvf
 }
 
+/// `rvf-operator run --rvf <the fixture>`, for further arguments.
+fn run_cmd() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run").arg("--rvf").arg(rvf());
+    cmd
+}
+
 /// `rvf-operator run ... --output json`, collecting status lines and the console.
 fn run_json(extra: &[&str]) -> (Output, Vec<Value>) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run")
-        .arg("--rvf")
-        .arg(rvf())
-        .args(["--output", "json", "--kvm", "disabled"]);
+    let mut cmd = run_cmd();
+    cmd.args(["--output", "json", "--kvm", "disabled"]);
     cmd.args(extra);
     let out = cmd.output().expect("run rvf-operator");
     let lines = String::from_utf8_lossy(&out.stdout)
@@ -121,10 +125,7 @@ fn run_until_ready_boots_the_real_kernel_with_qmp_running_and_exits_zero() {
 #[test]
 fn text_output_shows_progress_and_the_guest_console() {
     let _vm = vm_lock();
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let out = run_cmd()
         .args(["--kvm", "disabled", "--until-ready"])
         .output()
         .unwrap();
@@ -142,10 +143,7 @@ fn text_output_shows_progress_and_the_guest_console() {
 #[test]
 fn readiness_waits_for_the_guest_http_server_not_the_forwarded_port() {
     let _vm = vm_lock();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let mut child = run_cmd()
         .args(["--output", "json", "--kvm", "disabled", "--until-ready"])
         .args(["--kernel-args", "rvf.http_delay=6"])
         .stdout(Stdio::piped())
@@ -424,10 +422,7 @@ fn a_missing_qemu_binary_is_named() {
 
 #[test]
 fn required_kvm_without_a_usable_device_is_a_config_error() {
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let out = run_cmd()
         .args([
             "--kvm",
             "required",
@@ -449,10 +444,7 @@ fn required_kvm_without_a_usable_device_is_a_config_error() {
 #[test]
 fn kvm_auto_reaches_ready_under_kvm_or_falls_back_to_tcg_and_says_so() {
     let _vm = vm_lock();
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let out = run_cmd()
         .args([
             "--output",
             "json",
@@ -492,10 +484,7 @@ fn kvm_auto_reaches_ready_under_kvm_or_falls_back_to_tcg_and_says_so() {
 #[test]
 fn a_second_sigterm_cuts_the_grace_period_short() {
     let _vm = vm_lock();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let mut child = run_cmd()
         .args([
             "--output",
             "json",
@@ -537,10 +526,7 @@ fn spawn_run_group(
     extra: &[&str],
 ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--rvf")
-        .arg(rvf())
+    let mut child = run_cmd()
         .args(["--output", "json", "--kvm", "disabled"])
         .args(extra)
         .process_group(0)

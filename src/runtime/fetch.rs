@@ -60,7 +60,7 @@ pub async fn fetch(
         .get(url)
         .send()
         .await
-        .map_err(|e| download(root_cause(&e)))?;
+        .map_err(|e| download(super::root_cause(&e)))?;
     if !resp.status().is_success() {
         return Err(FetchError::Status {
             url: url.to_string(),
@@ -84,7 +84,11 @@ pub async fn fetch(
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(write_err)?);
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| download(root_cause(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| download(super::root_cause(&e)))?
+    {
         hasher.update(&chunk);
         bytes += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(write_err)?;
@@ -107,14 +111,6 @@ pub async fn fetch(
     }
     tmp.persist(out).map_err(|e| write_err(e.error))?;
     Ok(bytes)
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -12,3 +12,13 @@ pub mod qmp;
 pub mod query;
 pub mod status;
 pub mod vm;
+
+/// The innermost cause of an error chain: for an HTTP failure, the line that says what
+/// went wrong ("Connection refused") rather than the client's generic wrapper.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

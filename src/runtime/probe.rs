@@ -48,17 +48,9 @@ impl GuestProbe {
             }
             Ok(resp) => Err(format!("{} answered HTTP {}", self.url, resp.status())),
             Err(e) if e.is_timeout() => Err(format!("{} did not answer in time", self.url)),
-            Err(e) => Err(format!("{}: {}", self.url, root_cause(&e))),
+            Err(e) => Err(format!("{}: {}", self.url, super::root_cause(&e))),
         }
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub async fn query(
             .await
             .map_err(|e| QueryError::Unreachable {
                 addr: addr.to_string(),
-                reason: e.to_string(),
+                reason: super::root_cause(&e),
             })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
