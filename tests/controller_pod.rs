@@ -1,6 +1,8 @@
 //! The VM pod and Service builders: pure functions of spec and operator configuration.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Toleration};
 use kube::api::ObjectMeta;
 use rvf_operator::controller::pod::{
     pod_name, spec_hash, PolicyViolation, VmPodBuilder, VmPodConfig, GRACE_MARGIN_SECONDS,
@@ -200,6 +202,144 @@ fn a_kvm_node_selector_applies_only_to_kvm_required_vms() {
     vm.spec.kvm = KvmMode::Required;
     let selector = build(&vm, &config).spec.unwrap().node_selector.unwrap();
     assert_eq!(selector["example.invalid/kvm"], "true");
+}
+
+fn toleration(key: &str, effect: &str) -> Toleration {
+    Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        ..Default::default()
+    }
+}
+
+fn selector(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_operators_node_selector_applies_to_every_vm_pod() {
+    let config = VmPodConfig {
+        node_selector: selector(&[("example.invalid/pool", "vms")]),
+        ..Default::default()
+    };
+
+    let pod = build(&pvc_vm(), &config);
+
+    assert_eq!(
+        pod.spec.unwrap().node_selector,
+        Some(selector(&[("example.invalid/pool", "vms")]))
+    );
+}
+
+#[test]
+fn the_vms_own_node_selector_wins_over_the_operators_for_the_same_key() {
+    let config = VmPodConfig {
+        node_selector: selector(&[("example.invalid/pool", "vms"), ("zone", "a")]),
+        ..Default::default()
+    };
+    let mut vm = pvc_vm();
+    vm.spec.node_selector = Some(selector(&[
+        ("example.invalid/pool", "gpu"),
+        ("disk", "ssd"),
+    ]));
+
+    let pod = build(&vm, &config);
+
+    assert_eq!(
+        pod.spec.unwrap().node_selector,
+        Some(selector(&[
+            ("disk", "ssd"),
+            ("example.invalid/pool", "gpu"),
+            ("zone", "a"),
+        ]))
+    );
+}
+
+#[test]
+fn the_kvm_node_selector_still_applies_on_top_of_the_operators() {
+    let config = VmPodConfig {
+        node_selector: selector(&[("example.invalid/pool", "vms")]),
+        kvm_node_selector: Some(("example.invalid/kvm".into(), "true".into())),
+        ..Default::default()
+    };
+    let mut vm = pvc_vm();
+    vm.spec.kvm = KvmMode::Required;
+
+    let pod = build(&vm, &config);
+
+    assert_eq!(
+        pod.spec.unwrap().node_selector,
+        Some(selector(&[
+            ("example.invalid/kvm", "true"),
+            ("example.invalid/pool", "vms"),
+        ]))
+    );
+}
+
+#[test]
+fn tolerations_are_the_operators_then_the_vms_without_duplicates() {
+    let config = VmPodConfig {
+        tolerations: vec![
+            toleration("dedicated", "NoSchedule"),
+            toleration("spot", "NoExecute"),
+        ],
+        ..Default::default()
+    };
+    let mut vm = pvc_vm();
+    vm.spec.tolerations = Some(vec![
+        toleration("spot", "NoExecute"),
+        toleration("gpu", "NoSchedule"),
+        // Same key, other effect: a different toleration, kept.
+        toleration("dedicated", "NoExecute"),
+    ]);
+
+    let pod = build(&vm, &config);
+
+    assert_eq!(
+        pod.spec.unwrap().tolerations,
+        Some(vec![
+            toleration("dedicated", "NoSchedule"),
+            toleration("spot", "NoExecute"),
+            toleration("gpu", "NoSchedule"),
+            toleration("dedicated", "NoExecute"),
+        ])
+    );
+}
+
+#[test]
+fn without_operator_defaults_the_pod_schedules_as_the_vm_says() {
+    let mut vm = pvc_vm();
+    let pod = build(&vm, &VmPodConfig::default());
+    let spec = pod.spec.unwrap();
+    assert_eq!((spec.node_selector, spec.tolerations), (None, None));
+
+    vm.spec.node_selector = Some(selector(&[("disk", "ssd")]));
+    vm.spec.tolerations = Some(vec![toleration("gpu", "NoSchedule")]);
+    let spec = build(&vm, &VmPodConfig::default()).spec.unwrap();
+    assert_eq!(spec.node_selector, vm.spec.node_selector);
+    assert_eq!(spec.tolerations, vm.spec.tolerations);
+}
+
+#[test]
+fn operator_scheduling_defaults_leave_the_spec_hash_alone() {
+    let vm = pvc_vm();
+    let config = VmPodConfig {
+        node_selector: selector(&[("example.invalid/pool", "vms")]),
+        tolerations: vec![toleration("dedicated", "NoSchedule")],
+        ..Default::default()
+    };
+
+    let plain = build(&vm, &VmPodConfig::default());
+    let scheduled = build(&vm, &config);
+
+    assert_eq!(
+        plain.metadata.annotations.unwrap()[SPEC_HASH_ANNOTATION],
+        scheduled.metadata.annotations.unwrap()[SPEC_HASH_ANNOTATION]
+    );
 }
 
 #[test]

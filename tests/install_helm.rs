@@ -5,9 +5,10 @@ mod install_support;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
-use clap::{ArgMatches, Args, Command};
+use clap::{ArgMatches, Args, Command, FromArgMatches};
 use install_support::{chart, check_typed, documents, helm, helm_template, kind, name, run};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Toleration;
 use rvf_operator::controller::ControllerArgs;
 use serde_json::{json, Value};
 
@@ -27,7 +28,13 @@ fn non_default_values() -> Value {
             "allowHostPath": true,
             "allowQemuExtraArgs": true,
             "memoryOverheadMiB": 192,
-            "cpuRequestMillisPerVcpu": 250
+            "cpuRequestMillisPerVcpu": 250,
+            // A space and a quote check that the chart quotes what it renders.
+            "nodeSelector": { "example.com/pool": "vms", "example.com/room": "a \"b\"" },
+            "tolerations": [
+                { "key": "dedicated", "operator": "Equal", "value": "vms", "effect": "NoSchedule" },
+                { "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 3600 }
+            ]
         },
         "leaderElection": { "leaseName": "rvf-ha", "leaseDurationSeconds": 20, "renewGraceSeconds": 4 },
         "metrics": { "port": 9090, "serviceMonitor": { "enabled": true, "labels": { "release": "prom" } } },
@@ -154,6 +161,7 @@ fn the_non_default_render_parses_and_carries_the_values() {
         "--allow-qemu-extra-args",
         "--memory-overhead-mib=192",
         "--cpu-request-millis-per-vcpu=250",
+        "--vm-node-selector=example.com/pool=vms",
         "--leader-election-lease-name=rvf-ha",
         "--metrics-addr=0.0.0.0:9090",
         "--health-addr=0.0.0.0:9091",
@@ -227,6 +235,56 @@ fn rendered_arguments_parse_as_controller_flags() {
     assert!(custom.get_flag("allow_host_path") && custom.get_flag("allow_qemu_extra_args"));
 }
 
+/// The chart's VM scheduling values arrive in the controller's pod configuration intact.
+#[test]
+fn vm_node_selector_and_tolerations_reach_the_vm_pod_config() {
+    let (_dir, values) = values_file(&non_default_values());
+    let args = controller_args(&rendered(&["-f", values.to_str().unwrap()]));
+
+    let matches = parse_controller_args(&args).unwrap();
+    let config = ControllerArgs::from_arg_matches(&matches)
+        .unwrap()
+        .pod_config();
+
+    assert_eq!(
+        config.node_selector,
+        BTreeMap::from([
+            ("example.com/pool".to_owned(), "vms".to_owned()),
+            ("example.com/room".to_owned(), "a \"b\"".to_owned()),
+        ])
+    );
+    assert_eq!(
+        config.tolerations,
+        vec![
+            Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Equal".into()),
+                value: Some("vms".into()),
+                effect: Some("NoSchedule".into()),
+                toleration_seconds: None,
+            },
+            Toleration {
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(3600),
+                ..Default::default()
+            },
+        ]
+    );
+}
+
+#[test]
+fn default_values_give_vm_pods_no_operator_node_selector_or_tolerations() {
+    let args = controller_args(&rendered(&[]));
+
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--vm-node-selector") || a.starts_with("--vm-toleration")),
+        "{args:?}"
+    );
+}
+
 /// The same for the plain manifests in deploy/.
 #[test]
 fn deploy_arguments_parse_as_controller_flags() {
@@ -281,6 +339,18 @@ fn values_that_break_the_schema_are_rejected() {
         (
             "a malformed KVM node selector",
             json!({ "vm": { "kvmNodeSelector": "no-equals-sign" } }),
+        ),
+        (
+            "a toleration effect that is not a string",
+            json!({ "vm": { "tolerations": [{ "key": "dedicated", "effect": 5 }] } }),
+        ),
+        (
+            "a misspelled toleration field",
+            json!({ "vm": { "tolerations": [{ "key": "dedicated", "efect": "NoSchedule" }] } }),
+        ),
+        (
+            "a VM node selector value that is not a string",
+            json!({ "vm": { "nodeSelector": { "example.com/pool": 3 } } }),
         ),
         (
             "a non-boolean switch",

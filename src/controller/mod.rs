@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Toleration;
 use tracing::info;
 
 use crate::crd::AGENT_PORT;
@@ -31,6 +32,17 @@ pub struct ControllerArgs {
     /// Node label KEY=VALUE that marks KVM nodes; `kvm: Required` VMs are scheduled only there.
     #[arg(long, env = "RVF_KVM_NODE_SELECTOR", value_parser = parse_key_value)]
     pub kvm_node_selector: Option<(String, String)>,
+
+    /// Node label KEY=VALUE every VM pod must match (repeatable). A key the VM's own
+    /// `spec.nodeSelector` sets keeps the VM's value; a key given twice keeps the last value.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub vm_node_selector: Vec<(String, String)>,
+
+    /// Toleration every VM pod carries, as a JSON Toleration (repeatable), e.g.
+    /// '{"key":"dedicated","operator":"Equal","value":"vms","effect":"NoSchedule"}'.
+    /// The VM's own `spec.tolerations` are added after these.
+    #[arg(long, value_name = "JSON", value_parser = parse_toleration)]
+    pub vm_toleration: Vec<Toleration>,
 
     /// Run the `vm` container privileged (needed for a hostPath /dev/kvm).
     #[arg(long, env = "RVF_VM_PRIVILEGED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -88,6 +100,8 @@ impl ControllerArgs {
             image_pull_policy: self.image_pull_policy.clone(),
             kvm_resource_name: self.kvm_resource_name.clone(),
             kvm_node_selector: self.kvm_node_selector.clone(),
+            node_selector: self.vm_node_selector.iter().cloned().collect(),
+            tolerations: self.vm_toleration.clone(),
             privileged: self.vm_privileged,
             memory_overhead_mib: self.memory_overhead_mib,
             cpu_request_millis_per_vcpu: self.cpu_request_millis_per_vcpu,
@@ -102,6 +116,38 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Fields of the Kubernetes Toleration; anything else in `--vm-toleration` is a typo.
+const TOLERATION_FIELDS: [&str; 5] = ["key", "operator", "value", "effect", "tolerationSeconds"];
+
+/// Parses one `--vm-toleration`: a JSON object with only Toleration fields and the operators
+/// and effects the API server accepts, so a typo fails at startup rather than on every VM pod.
+fn parse_toleration(s: &str) -> Result<Toleration, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s)
+        .map_err(|e| format!("expected a JSON object in the Toleration shape: {e}"))?;
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !TOLERATION_FIELDS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "{unknown:?} is not a Toleration field (expected one of {})",
+            TOLERATION_FIELDS.join(", ")
+        ));
+    }
+    let toleration: Toleration = serde_json::from_value(object.into())
+        .map_err(|e| format!("not a Kubernetes Toleration: {e}"))?;
+    let operator = toleration.operator.as_deref().unwrap_or("Equal");
+    if !["Equal", "Exists"].contains(&operator) {
+        return Err(format!("operator {operator:?} must be Equal or Exists"));
+    }
+    let effect = toleration.effect.as_deref().unwrap_or("");
+    if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!(
+            "effect {effect:?} must be NoSchedule, PreferNoSchedule, NoExecute or empty (all)"
+        ));
+    }
+    Ok(toleration)
 }
 
 /// Runs the controller until SIGTERM or SIGINT: serves metrics and health, waits to lead,
@@ -178,6 +224,71 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("controller").chain(args.iter().copied()))
+            .map(|cli| cli.controller)
+    }
+
+    #[test]
+    fn repeated_vm_scheduling_flags_all_reach_the_pod_config() {
+        let args = parse(&[
+            "--vm-node-selector=pool=vms",
+            "--vm-node-selector",
+            "zone=a",
+            "--vm-toleration",
+            r#"{"key":"dedicated","operator":"Equal","value":"vms","effect":"NoSchedule"}"#,
+            r#"--vm-toleration={"operator":"Exists","effect":"NoExecute","tolerationSeconds":60}"#,
+        ])
+        .unwrap();
+
+        let config = args.pod_config();
+
+        assert_eq!(config.node_selector.len(), 2);
+        assert_eq!(config.node_selector["zone"], "a");
+        assert_eq!(config.tolerations.len(), 2);
+        assert_eq!(config.tolerations[0].value.as_deref(), Some("vms"));
+        assert_eq!(config.tolerations[1].toleration_seconds, Some(60));
+    }
+
+    #[test]
+    fn a_toleration_that_is_not_json_is_refused_naming_the_flag() {
+        let error = parse(&["--vm-toleration", "dedicated=vms:NoSchedule"]).unwrap_err();
+
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("--vm-toleration"), "{error}");
+    }
+
+    #[test]
+    fn a_toleration_with_a_misspelled_field_or_bad_effect_is_refused() {
+        for bad in [
+            r#"{"key":"a","efect":"NoSchedule"}"#,
+            r#"{"key":"a","effect":"Never"}"#,
+        ] {
+            let error = parse(&["--vm-toleration", bad]).unwrap_err();
+            assert!(error.to_string().contains("--vm-toleration"), "{error}");
+        }
+    }
+
+    #[test]
+    fn without_vm_scheduling_flags_the_pod_config_adds_nothing() {
+        let config = parse(&[]).unwrap().pod_config();
+
+        assert!(config.node_selector.is_empty() && config.tolerations.is_empty());
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource,
     ImageVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -53,6 +53,12 @@ pub struct VmPodConfig {
     /// Node label (key, value) that marks KVM nodes; added to the node selector of
     /// `kvm: Required` VMs so they stay Pending (and say why) rather than fail on the wrong node.
     pub kvm_node_selector: Option<(String, String)>,
+    /// Node labels every VM pod must match. A key the VM's own `spec.nodeSelector` also sets
+    /// takes the VM's value; [`Self::kvm_node_selector`] goes on top of both.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations every VM pod carries, ahead of the VM's own `spec.tolerations`; a VM
+    /// toleration equal to one of these is not repeated.
+    pub tolerations: Vec<Toleration>,
     /// Whether the `vm` container runs privileged. A hostPath `/dev/kvm` needs it; with a
     /// device plugin it can be off.
     pub privileged: bool,
@@ -75,6 +81,8 @@ impl Default for VmPodConfig {
             image_pull_policy: "IfNotPresent".to_string(),
             kvm_resource_name: None,
             kvm_node_selector: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
             privileged: true,
             memory_overhead_mib: DEFAULT_MEMORY_OVERHEAD_MIB,
             cpu_request_millis_per_vcpu: DEFAULT_CPU_REQUEST_MILLIS_PER_VCPU,
@@ -222,6 +230,8 @@ pub fn pod_name(vm_name: &str) -> String {
 
 /// Hash of everything in the spec that shapes the pod: a running pod whose annotation differs
 /// is replaced. `runStrategy` is left out: it decides whether a pod runs, not what it is.
+/// The operator's [`VmPodConfig`] is left out too, so a new operator default (image, node
+/// selector, tolerations) reaches a VM at its next restart or spec change, never all VMs at once.
 pub fn spec_hash(spec: &RvfMicroVmSpec) -> String {
     let mut relevant = spec.clone();
     relevant.run_strategy = Default::default();
@@ -234,7 +244,9 @@ pub fn spec_hash(spec: &RvfMicroVmSpec) -> String {
 ///
 /// Guarantees: init container `fetch` only for an http source, `extract` always; the `vm`
 /// container's memory request and limit are guest RAM plus the configured overhead; no
-/// service-account token; a grace period of the spec's plus [`GRACE_MARGIN_SECONDS`].
+/// service-account token; a grace period of the spec's plus [`GRACE_MARGIN_SECONDS`]; the
+/// operator's node selector and tolerations under the VM's own (the VM's value wins for a
+/// node-selector key, tolerations are the union).
 pub struct VmPodBuilder<'a> {
     vm: &'a RvfMicroVm,
     config: &'a VmPodConfig,
@@ -355,12 +367,8 @@ impl<'a> VmPodBuilder<'a> {
             ..Default::default()
         });
 
-        let mut node_selector = spec.node_selector.clone().unwrap_or_default();
-        if spec.kvm == KvmMode::Required {
-            if let Some((key, value)) = &self.config.kvm_node_selector {
-                node_selector.insert(key.clone(), value.clone());
-            }
-        }
+        let node_selector = self.node_selector();
+        let tolerations = self.tolerations();
 
         Ok(Pod {
             metadata: ObjectMeta {
@@ -384,7 +392,7 @@ impl<'a> VmPodBuilder<'a> {
                     spec.termination_grace_period_seconds + GRACE_MARGIN_SECONDS,
                 ),
                 node_selector: (!node_selector.is_empty()).then_some(node_selector),
-                tolerations: spec.tolerations.clone(),
+                tolerations: (!tolerations.is_empty()).then_some(tolerations),
                 affinity: spec.affinity.clone(),
                 volumes: Some(volumes),
                 init_containers: Some(init_containers),
@@ -393,6 +401,32 @@ impl<'a> VmPodBuilder<'a> {
             }),
             status: None,
         })
+    }
+
+    /// The operator's node selector, overridden key by key by the VM's, then the KVM label
+    /// for `kvm: Required`.
+    fn node_selector(&self) -> BTreeMap<String, String> {
+        let spec = &self.vm.spec;
+        let mut selector = self.config.node_selector.clone();
+        selector.extend(spec.node_selector.clone().unwrap_or_default());
+        if spec.kvm == KvmMode::Required {
+            if let Some((key, value)) = &self.config.kvm_node_selector {
+                selector.insert(key.clone(), value.clone());
+            }
+        }
+        selector
+    }
+
+    /// The operator's tolerations, then the VM's, each one once.
+    fn tolerations(&self) -> Vec<Toleration> {
+        let own = self.vm.spec.tolerations.iter().flatten();
+        let mut tolerations: Vec<Toleration> = vec![];
+        for toleration in self.config.tolerations.iter().chain(own) {
+            if !tolerations.contains(toleration) {
+                tolerations.push(toleration.clone());
+            }
+        }
+        tolerations
     }
 
     fn source_layout(&self) -> SourceLayout {
