@@ -555,6 +555,7 @@ async fn run(args: RunArgs) -> ExitCode {
 #[derive(Default)]
 struct Progress {
     last_line: String,
+    last_message: String,
     last_json: String,
 }
 
@@ -569,16 +570,25 @@ impl Progress {
                 }
             }
             Output::Text => {
-                let line = progress_line(s);
-                if line != self.last_line {
-                    eprintln!("{line}");
-                    self.last_line = line;
+                // The message repeats until the next one: say it once, with the state
+                // it arrived in.
+                let state = progress_line(s);
+                let message = s.message.clone().unwrap_or_default();
+                let new_message = message != self.last_message;
+                if state != self.last_line || new_message {
+                    match new_message && !message.is_empty() {
+                        true => eprintln!("{state} - {message}"),
+                        false => eprintln!("{state}"),
+                    }
+                    self.last_line = state;
+                    self.last_message = message;
                 }
             }
         }
     }
 }
 
+/// The state part of a progress line: phase, accelerator, QMP state, readiness, boot time.
 fn progress_line(s: &VmStatus) -> String {
     let mut parts = vec![format!("[rvf] {:?}", s.phase)];
     if let Some(a) = s.accelerator {
@@ -595,9 +605,6 @@ fn progress_line(s: &VmStatus) -> String {
     }
     if let Some(b) = s.boot_seconds {
         parts.push(format!("boot={b:.2}s"));
-    }
-    if let Some(m) = &s.message {
-        parts.push(format!("- {m}"));
     }
     parts.join(" ")
 }
