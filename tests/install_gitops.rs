@@ -138,6 +138,26 @@ fn a_failed_vm_is_degraded_with_the_reason() {
 }
 
 #[test]
+fn a_failed_vm_waiting_to_rerun_is_progressing_as_kstatus_says() {
+    let mut obj = observed(
+        "Failed",
+        vec![
+            condition(
+                "Ready",
+                "False",
+                "GuestCrashed",
+                "the guest kernel panicked",
+            ),
+            condition("Reconciling", "True", "RerunPending", "rerun in 20s"),
+        ],
+    );
+    obj["status"]["message"] = json!("the guest kernel panicked");
+    let (status, message) = health(&obj);
+    assert_eq!(status, "Progressing");
+    assert!(message.contains("rerun pending"), "{message}");
+}
+
+#[test]
 fn a_stalled_vm_is_degraded_even_while_pending() {
     let obj = observed(
         "Pending",

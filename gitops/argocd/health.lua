@@ -49,6 +49,14 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
 end
 
 local stalled = condition(status, "Stalled")
+local reconciling = condition(status, "Reconciling")
+-- A failed VM under Always or RerunOnFailure waits out a backoff and runs again; the
+-- operator says so with Reconciling=True, as kstatus (and so Flux) reads it.
+if status.phase == "Failed" and reconciling ~= nil and reconciling.status == "True"
+    and not (stalled ~= nil and stalled.status == "True") then
+  hs.message = "Failed, rerun pending: " .. (status.message or describe(reconciling, "waiting to rerun"))
+  return hs
+end
 if status.phase == "Failed" then
   hs.status = "Degraded"
   hs.message = status.message or describe(stalled, describe(condition(status, "Ready"), "The VM failed"))
