@@ -127,6 +127,28 @@ fn assert_same_files(copy: &str) {
     }
 }
 
+/// Pruning the CRD from Git would delete every VM; the built CRD opts out of Flux and
+/// Argo CD pruning.
+#[test]
+fn the_built_crd_is_kept_out_of_gitops_pruning() {
+    let (ok, stdout, stderr) = run(&kubectl(), &["kustomize", "deploy"]);
+    assert!(ok, "kubectl kustomize deploy failed:\n{stderr}");
+    let docs = documents(&stdout, "kubectl kustomize deploy");
+    let crd = docs
+        .iter()
+        .find(|d| kind(d) == "CustomResourceDefinition")
+        .expect("the CRD");
+    let annotations = &crd["metadata"]["annotations"];
+    assert_eq!(annotations["kustomize.toolkit.fluxcd.io/prune"], "disabled");
+    let argo = annotations["argocd.argoproj.io/sync-options"]
+        .as_str()
+        .unwrap();
+    assert!(
+        argo.contains("Prune=false") && argo.contains("Delete=false"),
+        "{argo}"
+    );
+}
+
 /// `kubectl apply -k deploy/` works only if kustomize can build the folder with its default
 /// load restrictor (no file outside deploy/).
 #[test]
