@@ -147,6 +147,18 @@ fn parse_toleration(s: &str) -> Result<Toleration, String> {
             "effect {effect:?} must be NoSchedule, PreferNoSchedule, NoExecute or empty (all)"
         ));
     }
+    // The API server's own rules: a toleration breaking them would get every VM pod refused.
+    let value = toleration.value.as_deref().unwrap_or("");
+    let key = toleration.key.as_deref().unwrap_or("");
+    if operator == "Exists" && !value.is_empty() {
+        return Err(format!("operator Exists takes no value (got {value:?})"));
+    }
+    if key.is_empty() && operator != "Exists" {
+        return Err("a toleration without a key must use operator Exists".into());
+    }
+    if toleration.toleration_seconds.is_some() && effect != "NoExecute" {
+        return Err("tolerationSeconds applies only to effect NoExecute".into());
+    }
     Ok(toleration)
 }
 
@@ -271,6 +283,27 @@ mod tests {
 
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(error.to_string().contains("--vm-toleration"), "{error}");
+    }
+
+    #[test]
+    fn a_toleration_the_api_server_would_refuse_is_refused_at_start() {
+        for (json, why) in [
+            (
+                r#"{"key":"a","operator":"Exists","value":"x"}"#,
+                "takes no value",
+            ),
+            (r#"{"value":"v","effect":"NoSchedule"}"#, "without a key"),
+            (
+                r#"{"key":"a","value":"v","effect":"NoSchedule","tolerationSeconds":60}"#,
+                "only to effect NoExecute",
+            ),
+        ] {
+            let err = parse_toleration(json).unwrap_err();
+            assert!(err.contains(why), "{json}: {err}");
+        }
+        let ok = r#"{"key":"a","operator":"Exists","effect":"NoExecute","tolerationSeconds":30}"#;
+        assert!(parse_toleration(ok).is_ok());
+        assert!(parse_toleration(r#"{"operator":"Exists"}"#).is_ok());
     }
 
     #[test]
