@@ -21,7 +21,12 @@ pub struct ControllerArgs {
     pub vm_image: String,
 
     /// Pull policy of the VM image (and of image-volume sources).
-    #[arg(long, env = "RVF_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "RVF_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
     pub image_pull_policy: String,
 
     /// Extended resource of a KVM device plugin (e.g. devices.kubevirt.io/kvm). Without it,
