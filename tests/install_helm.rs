@@ -174,8 +174,16 @@ fn the_non_default_render_parses_and_carries_the_values() {
 
     let monitor = only(&docs, "ServiceMonitor");
     assert_eq!(monitor["metadata"]["labels"]["release"], json!("prom"));
-    let role = only(&docs, "Role");
-    assert_eq!(role["rules"][1]["resourceNames"], json!(["rvf-ha"]));
+    let lease_role = docs
+        .iter()
+        .find(|d| {
+            kind(d) == "Role"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-leader-election"))
+        })
+        .expect("the Lease Role");
+    assert_eq!(lease_role["rules"][1]["resourceNames"], json!(["rvf-ha"]));
 }
 
 /// Parses `args` (starting with `controller`) with the controller's own flag definitions.
@@ -314,6 +322,32 @@ fn disabling_leader_election_drops_the_lease_role() {
         "no Lease Role without election"
     );
     assert!(controller_args(&docs).contains(&"--leader-election=false".to_owned()));
+}
+
+#[test]
+fn watching_one_namespace_grants_a_role_there_instead_of_a_cluster_role() {
+    let cluster = rendered(&[]);
+    let scoped = rendered(&["--set", "watchNamespace=vms"]);
+    assert!(scoped
+        .iter()
+        .all(|d| kind(d) != "ClusterRole" && kind(d) != "ClusterRoleBinding"));
+
+    let role = scoped
+        .iter()
+        .find(|d| kind(d) == "Role" && d["metadata"]["namespace"] == "vms")
+        .expect("a Role in the watched namespace");
+    assert_eq!(
+        role["rules"],
+        only(&cluster, "ClusterRole")["rules"],
+        "same rights, narrower scope"
+    );
+    let binding = scoped
+        .iter()
+        .find(|d| kind(d) == "RoleBinding" && d["metadata"]["namespace"] == "vms")
+        .expect("a RoleBinding in the watched namespace");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert!(controller_args(&scoped).iter().any(|a| a.contains("vms")));
 }
 
 #[test]
