@@ -172,7 +172,12 @@ pub struct QemuProcess {
     pub console: Tail,
     /// QEMU's own diagnostics.
     pub stderr: Tail,
+    /// How many of the two output drains have reached end of file.
+    drained: tokio::sync::watch::Receiver<u8>,
 }
+
+/// How long to wait, once QEMU exited, for the last of its output to be read.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// QEMU could not be started at all.
 #[derive(Debug, thiserror::Error)]
@@ -218,12 +223,14 @@ impl QemuProcess {
         let stderr = Tail::default();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
-        tokio::spawn(drain(out, console.clone(), sink));
-        tokio::spawn(drain(err, stderr.clone(), ConsoleSink::Stderr));
+        let (done, drained) = tokio::sync::watch::channel(0u8);
+        tokio::spawn(drain(out, console.clone(), sink, done.clone()));
+        tokio::spawn(drain(err, stderr.clone(), ConsoleSink::Stderr, done));
         Ok(Self {
             child,
             console,
             stderr,
+            drained,
         })
     }
 
@@ -233,8 +240,13 @@ impl QemuProcess {
     }
 
     /// Waits for QEMU to exit.
+    ///
+    /// Returns once QEMU's last words are in [`QemuProcess::console`] and
+    /// [`QemuProcess::stderr`]: the process can be reaped before its pipes are read dry.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+        let status = self.child.wait().await?;
+        let _ = tokio::time::timeout(DRAIN_WAIT, self.drained.wait_for(|n| *n >= 2)).await;
+        Ok(status)
     }
 
     /// The exit status if QEMU has already exited.
@@ -245,12 +257,17 @@ impl QemuProcess {
     /// Sends SIGKILL and reaps the process.
     pub async fn kill(&mut self) -> std::io::Result<ExitStatus> {
         let _ = self.child.start_kill();
-        self.child.wait().await
+        self.wait().await
     }
 }
 
 /// Copies `from` to the sink until EOF; never stops reading, even if the sink fails.
-async fn drain(mut from: impl AsyncRead + Unpin, tail: Tail, sink: ConsoleSink) {
+async fn drain(
+    mut from: impl AsyncRead + Unpin,
+    tail: Tail,
+    sink: ConsoleSink,
+    done: tokio::sync::watch::Sender<u8>,
+) {
     let mut out: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match sink {
         ConsoleSink::Stdout => Some(Box::new(tokio::io::stdout())),
         ConsoleSink::Stderr => Some(Box::new(tokio::io::stderr())),
@@ -270,6 +287,7 @@ async fn drain(mut from: impl AsyncRead + Unpin, tail: Tail, sink: ConsoleSink) 
             }
         }
     }
+    done.send_modify(|n| *n += 1);
 }
 
 #[cfg(test)]
