@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fixture::{GuestFixture, Layout};
+use rvf_operator::runtime::kernel::InitramfsTrailer;
 use rvf_runtime::{QueryOptions, RvfStore};
 use rvf_types::KernelHeader;
 use serde_json::{json, Value};
@@ -28,16 +29,19 @@ const BOOT_ATTEMPTS: usize = 2;
 
 #[test]
 fn initramfs_trailer_round_trips() {
-    let image = fixture::append_initramfs_trailer(b"KERNEL", b"INITRD!");
-    assert_eq!(image.len(), 6 + 7 + fixture::INITRAMFS_TRAILER_LEN);
+    let image = InitramfsTrailer::encode(b"KERNEL", b"INITRD!");
+    assert_eq!(
+        image.len(),
+        6 + 7 + rvf_operator::runtime::kernel::TRAILER_LEN
+    );
     assert_eq!(&image[13..21], b"RVFINITR");
     assert_eq!(&image[21..25], &1u32.to_le_bytes());
     assert_eq!(&image[25..29], &0u32.to_le_bytes());
     assert_eq!(&image[29..37], &6u64.to_le_bytes());
     assert_eq!(&image[37..45], &7u64.to_le_bytes());
-    let (k, i) = fixture::split_initramfs_trailer(&image).expect("trailer");
+    let (k, i) = InitramfsTrailer::decode(&image).unwrap().expect("trailer");
     assert_eq!((k, i), (&b"KERNEL"[..], &b"INITRD!"[..]));
-    assert!(fixture::split_initramfs_trailer(b"a plain bzImage").is_none());
+    assert_eq!(InitramfsTrailer::decode(b"a plain bzImage"), Ok(None));
 }
 
 #[test]
@@ -67,7 +71,7 @@ fn rvf_of_each_layout_opens_and_holds_the_kernel() {
         };
         assert_eq!(image.len(), image_len);
         assert_eq!(cmdline, f.cmdline.as_bytes());
-        let (kernel, initramfs) = fixture::split_initramfs_trailer(image).expect("trailer");
+        let (kernel, initramfs) = InitramfsTrailer::decode(image).unwrap().expect("trailer");
         assert_eq!(kernel, std::fs::read(&f.kernel).unwrap().as_slice());
         assert_eq!(initramfs, std::fs::read(&f.initramfs).unwrap().as_slice());
         assert_eq!(&kernel[0x202..0x206], b"HdrS", "bzImage setup header");
@@ -251,9 +255,10 @@ impl Vm {
         let qmp = dir.path().join("qmp.sock");
         let port = free_port()?;
         let mut append = f.cmdline.clone();
-        if let Some(khz) = fixture::host_tsc_khz() {
-            append.push_str(&format!(" tsc_early_khz={khz}"));
-        }
+        append.push_str(&format!(
+            " tsc_early_khz={}",
+            rvf_operator::runtime::accel::host_tsc_khz()
+        ));
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-machine", "microvm", "-accel", "tcg", "-m", "256"])
             .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])

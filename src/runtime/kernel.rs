@@ -407,9 +407,18 @@ impl InitramfsTrailer {
         out.extend_from_slice(&(initramfs.len() as u64).to_le_bytes());
         out
     }
+
+    /// Splits a segment image into kernel and initramfs; `Ok(None)` when it has no trailer,
+    /// an error when a trailer is there but its lengths or version do not fit.
+    pub fn decode(image: &[u8]) -> Result<Option<KernelAndInitramfs<'_>>, String> {
+        Ok(split_initramfs(image)?.map(|(k, i)| (&image[k], &image[i])))
+    }
 }
 
 type Split = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// A kernel image and the initramfs that travelled behind it.
+pub type KernelAndInitramfs<'a> = (&'a [u8], &'a [u8]);
 
 /// Finds the kernel and initramfs ranges inside a segment image, if a trailer is there.
 fn split_initramfs(image: &[u8]) -> Result<Option<Split>, String> {

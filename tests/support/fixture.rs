@@ -67,10 +67,6 @@ pub const MODULES: [&str; 9] = [
     "evdev",
 ];
 
-pub const INITRAMFS_TRAILER_MAGIC: [u8; 8] = *b"RVFINITR";
-pub const INITRAMFS_TRAILER_VERSION: u32 = 1;
-pub const INITRAMFS_TRAILER_LEN: usize = 32;
-
 const GUEST_INIT: &str = include_str!("guest/init");
 const GUEST_HTTP: &str = include_str!("guest/rvf-http");
 const GUEST_STATUS_SCAN: &str = include_str!("guest/rvf-status-scan");
@@ -282,17 +278,12 @@ pub fn build_with_cmdline(
     let initramfs = build_initramfs(out_dir, inputs)?;
     fs::write(&fixture.initramfs, &initramfs)?;
 
-    let image = append_initramfs_trailer(&kernel, &initramfs);
+    let image = rvf_operator::runtime::kernel::InitramfsTrailer::encode(&kernel, &initramfs);
     write_rvf(&fixture.rvf, &image, layout, cmdline)?;
 
     // Written last: its presence marks a complete fixture directory.
     fs::write(out_dir.join(CMDLINE_NAME), cmdline)?;
     Ok(fixture)
-}
-
-/// `kernel || initramfs || trailer`, in the format the runtime's extractor reads.
-pub fn append_initramfs_trailer(kernel: &[u8], initramfs: &[u8]) -> Vec<u8> {
-    rvf_operator::runtime::kernel::InitramfsTrailer::encode(kernel, initramfs)
 }
 
 fn write_rvf(path: &Path, image: &[u8], layout: Layout, cmdline: &str) -> io::Result<()> {
@@ -468,39 +459,6 @@ fn list_tree(root: &Path, rel: &Path, out: &mut Vec<String>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Splits a segment image written by [`append_initramfs_trailer`]; `None`
-/// when the image has no (valid) trailer.
-pub fn split_initramfs_trailer(image: &[u8]) -> Option<(&[u8], &[u8])> {
-    let body_len = image.len().checked_sub(INITRAMFS_TRAILER_LEN)?;
-    let t = &image[body_len..];
-    let u32_at = |o: usize| u32::from_le_bytes(t[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(t[o..o + 8].try_into().unwrap());
-    if t[..8] != INITRAMFS_TRAILER_MAGIC || u32_at(8) != INITRAMFS_TRAILER_VERSION {
-        return None;
-    }
-    let kernel_len = usize::try_from(u64_at(16)).ok()?;
-    let initramfs_len = usize::try_from(u64_at(24)).ok()?;
-    if kernel_len.checked_add(initramfs_len)? != body_len {
-        return None;
-    }
-    Some((&image[..kernel_len], &image[kernel_len..body_len]))
-}
-
-/// Host TSC frequency in kHz, for the guest's `tsc_early_khz=` under TCG
-/// (TCG's guest TSC runs at the host's rate).
-pub fn host_tsc_khz() -> Option<u64> {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0).round() as u64)
 }
 
 fn invalid(msg: String) -> io::Error {
