@@ -164,6 +164,13 @@ impl VmStatus {
         }
     }
 
+    /// Sets `GuestReady` and `Ready` together: inside the runtime a VM is ready exactly
+    /// when its guest answers (the controller adds pod-level reasons of its own).
+    pub fn set_guest_readiness(&mut self, status: ConditionStatus, reason: &str, msg: &str) {
+        self.set_condition(condition::GUEST_READY, status, reason, msg);
+        self.set_condition(condition::READY, status, reason, msg);
+    }
+
     /// The same status with timestamps removed, to tell real changes from refreshes.
     fn change_key(&self) -> VmStatus {
         let mut s = self.clone();

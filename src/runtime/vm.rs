@@ -298,18 +298,7 @@ pub async fn run(cfg: VmConfig, board: StatusBoard, stop: StopSignal) -> VmExit 
             message: exit.message(),
         });
         s.message = Some(exit.message());
-        s.set_condition(
-            condition::READY,
-            ConditionStatus::False,
-            ready_reason,
-            &exit.message(),
-        );
-        s.set_condition(
-            condition::GUEST_READY,
-            ConditionStatus::False,
-            ready_reason,
-            &exit.message(),
-        );
+        s.set_guest_readiness(ConditionStatus::False, ready_reason, &exit.message());
     });
     exit
 }
@@ -399,13 +388,7 @@ async fn attempt(
         s.qmp = None;
         s.api_endpoint = Some(format!("{}:{}", cfg.api_bind, cfg.api_host_port));
         let msg = format!("booting under {accel}");
-        s.set_condition(condition::READY, ConditionStatus::False, "Booting", &msg);
-        s.set_condition(
-            condition::GUEST_READY,
-            ConditionStatus::False,
-            "Booting",
-            &msg,
-        );
+        s.set_guest_readiness(ConditionStatus::False, "Booting", &msg);
     });
     tracing::info!(%accel, memory_mib = cfg.memory_mib, vcpus = cfg.vcpus, %cmdline, "starting QEMU");
 
@@ -537,8 +520,7 @@ async fn attempt(
                             s.boot_seconds = Some((secs * 1000.0).round() / 1000.0);
                             let msg = format!("guest answered {} after {secs:.2}s", probe.url());
                             s.message = Some(msg.clone());
-                            s.set_condition(condition::GUEST_READY, ConditionStatus::True, "GuestAnswered", &msg);
-                            s.set_condition(condition::READY, ConditionStatus::True, "GuestAnswered", &msg);
+                            s.set_guest_readiness(ConditionStatus::True, "GuestAnswered", &msg);
                         });
                         probe_tick = tokio::time::interval(cfg.readiness.period);
                         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -551,8 +533,7 @@ async fn attempt(
                         if obs.failures >= FAILURE_THRESHOLD {
                             let msg = format!("guest answers {} again", probe.url());
                             board.update(|s| {
-                                s.set_condition(condition::GUEST_READY, ConditionStatus::True, "GuestAnswered", &msg);
-                                s.set_condition(condition::READY, ConditionStatus::True, "GuestAnswered", &msg);
+                                s.set_guest_readiness(ConditionStatus::True, "GuestAnswered", &msg);
                             });
                         }
                         obs.failures = 0;
@@ -564,8 +545,7 @@ async fn attempt(
                         if obs.failures == FAILURE_THRESHOLD {
                             tracing::warn!(error = %e, "guest stopped answering its readiness probe");
                             board.update(|s| {
-                                s.set_condition(condition::GUEST_READY, ConditionStatus::False, "ProbeFailed", &e);
-                                s.set_condition(condition::READY, ConditionStatus::False, "ProbeFailed", &e);
+                                s.set_guest_readiness(ConditionStatus::False, "ProbeFailed", &e);
                             });
                         }
                     }
